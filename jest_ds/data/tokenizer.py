@@ -1,0 +1,116 @@
+"""WordPiece caption tokenizer (Hugging Face ``tokenizers``), trained on the captions.
+
+BERT-style: lower-cased, accents stripped, special tokens ``[PAD]=0, [UNK]=1, [CLS]=2,
+[SEP]=3, [MASK]=4``; the post-processor wraps every caption as ``[CLS] … [SEP]``.
+
+``encode_batch(captions, context_length)`` returns an int64 tensor ``[n, L]`` padded with
+``pad_id`` (0). Captions longer than ``L`` are truncated *inside* the special tokens: the
+result still starts with ``[CLS]`` and ends with ``[SEP]`` (the text is cut, not the
+``[SEP]``), so a model may pool on either. Nothing is fetched at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _build_empty_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str | Path | None = None,
+                    min_frequency: int = 2) -> "CaptionTokenizer":
+    """Train a WordPiece tokenizer on ``captions``; save it to ``path`` (tokenizer.json) if given."""
+    from tokenizers import processors, trainers
+
+    tok = _build_empty_tokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(captions), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(str(path), pretty=False)
+    return CaptionTokenizer(tok)
+
+
+class CaptionTokenizer:
+    """Thin wrapper: batch-encode captions to a fixed-length LongTensor."""
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+        self.pad_id = 0
+        pad = tokenizer.token_to_id("[PAD]")
+        if pad != 0:
+            raise ValueError(f"tokenizer's [PAD] id is {pad}, expected 0")
+        self.cls_id = tokenizer.token_to_id("[CLS]")
+        self.sep_id = tokenizer.token_to_id("[SEP]")
+        self.unk_id = tokenizer.token_to_id("[UNK]")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "CaptionTokenizer":
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        return cls(Tokenizer.from_file(str(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def backend(self):
+        return self._tok
+
+    def save(self, path: str | Path) -> None:
+        self._tok.save(str(path), pretty=False)
+
+    def encode_batch(self, captions: Sequence[str], context_length: int) -> torch.Tensor:
+        if context_length < 2:
+            raise ValueError("context_length must be >= 2 ([CLS] and [SEP])")
+        out = torch.full((len(captions), context_length), self.pad_id, dtype=torch.long)
+        if not captions:
+            return out
+        tok = self._tok
+        tok.enable_truncation(max_length=context_length)
+        tok.no_padding()
+        encs = tok.encode_batch(list(captions))
+        for i, enc in enumerate(encs):
+            ids = enc.ids
+            if len(ids) > context_length:  # defensive; truncation already keeps [SEP]
+                ids = ids[: context_length - 1] + [self.sep_id]
+            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def encode(self, caption: str, context_length: int) -> torch.Tensor:
+        return self.encode_batch([caption], context_length)[0]
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self._tok.decode([int(i) for i in ids if int(i) != self.pad_id], skip_special_tokens=True)

@@ -1,0 +1,113 @@
+"""`jest-ds demo`: the whole story on the embedded dataset.
+
+1. build the dataset if absent; 2. train the reference on the curated part and export it;
+3. cache its embeddings for the pool; 4. train IID, JEST and Flexi-JEST (f = 0.8) for the same
+number of iterations; 5. print the speedup table (and write it with a plot).
+
+Each stage is a `jest-ds train` subprocess on one process (DeepSpeed engine, world size 1);
+`--scale gpu` switches to a larger model and batch for a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parent.parent / "launch" / "configs"
+
+# name -> experiment YAML (the selecting runs point at the demo's own reference)
+RUNS = {"iid": "tiny_iid.yaml", "jest": "tiny_jest.yaml", "flexi": "tiny_flexi.yaml",
+        "independent": "tiny_independent.yaml"}
+
+GPU_OVERRIDES = ["model.image_size=64", "model.patch_size=8", "model.coarse_patch_size=16",
+                 "model.vision_width=384", "model.vision_depth=6", "model.vision_heads=6",
+                 "model.text_width=384", "model.text_depth=4", "model.text_heads=6", "model.embed_dim=256",
+                 "model.context_length=24", "train.batch_size=1024", "train.precision=auto"]
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="where runs, the reference and the report go")
+    p.add_argument("--data-root", default="data/embedded")
+    p.add_argument("--steps", type=int, default=600, help="iterations of every pool run (same for all methods)")
+    p.add_argument("--reference-steps", type=int, default=600)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--methods", default="iid,jest,flexi", help=f"comma list from {sorted(RUNS)}")
+    p.add_argument("--gain", type=float, default=None, help="override selection.gain")
+    p.add_argument("--filter-ratio", type=float, default=None, help="override selection.filter_ratio")
+    p.add_argument("--scale", choices=["cpu", "gpu"], default="cpu", help="gpu: larger model and batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="re-run stages whose outputs exist")
+
+
+def _run(cmd: list[str]) -> None:
+    print("+ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    result = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if result.returncode:
+        raise SystemExit(f"demo: stage failed (exit {result.returncode}): {' '.join(cmd)}")
+    print(f"  ({time.time() - t0:.0f} s)", flush=True)
+
+
+def _train_cmd(config: Path, out_dir: Path, steps: int, args, extra: list[str]) -> list[str]:
+    sets = [f"train.out_dir={out_dir}", f"train.steps={steps}", f"train.eval_every={args.eval_every}",
+            f"data.root={args.data_root}", f"train.seed={args.seed}"]
+    if args.scale == "gpu":
+        sets += GPU_OVERRIDES
+    sets += extra
+    return [sys.executable, "-m", "jest_ds.cli", "train", "--config", str(config)] + \
+        [x for s in sets for x in ("--set", s)]
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    root = Path(args.data_root)
+    py = sys.executable
+    t_start = time.time()
+    if not (root / "manifest.json").is_file():
+        _run([py, "-m", "jest_ds.cli", "data", "build", "--root", str(root), "--seed", str(args.seed)])
+
+    ref_dir = out / "reference"
+    ref_export = ref_dir / "export"
+    if args.force or not (ref_export / "model.safetensors").is_file():
+        _run(_train_cmd(CONFIGS / "tiny_reference.yaml", ref_dir, args.reference_steps, args, []))
+    cache = out / "reference_cache.safetensors"
+    if args.force or not cache.is_file():
+        _run([py, "-m", "jest_ds.cli", "cache-ref", "--reference", str(ref_export), "--data-root", str(root),
+              "--part", "pool", "--out", str(cache)])
+
+    run_dirs = []
+    for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        if name not in RUNS:
+            raise SystemExit(f"demo: unknown method {name!r} in --methods (known: {sorted(RUNS)})")
+        run_dir = out / name
+        extra = []
+        if name != "iid":
+            extra = [f"selection.reference={ref_export}", f"data.reference_cache={cache}"]
+            if args.gain is not None:
+                extra.append(f"selection.gain={args.gain}")
+            if args.filter_ratio is not None:
+                extra.append(f"selection.filter_ratio={args.filter_ratio}")
+        if args.force or not (run_dir / "summary.json").is_file():
+            _run(_train_cmd(CONFIGS / RUNS[name], run_dir, args.steps, args, extra))
+        run_dirs.append(run_dir)
+
+    from jest_ds.reports.speedup import write_report
+
+    text = write_report(run_dirs, out / "report")
+    print("\n== reference model (curated set), held-out ==")
+    _print_final(ref_dir)
+    print(f"\n== speedup to IID's final held-out score ({args.steps} iterations each) ==\n{text}")
+    print(f"\nreport: {out / 'report' / 'speedup.md'} and speedup.png; total demo time {time.time() - t_start:.0f} s")
+    return 0
+
+
+def _print_final(run_dir: Path) -> None:
+    from jest_ds.eval import format_metrics
+    from jest_ds.train.metrics import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if "eval/score" in r]
+    if rows:
+        print(format_metrics({k: v for k, v in rows[-1].items() if k.startswith("eval/")}))

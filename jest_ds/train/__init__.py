@@ -1,0 +1,1 @@
+"""The training app: engine setup, the JEST step, checkpoints, metrics."""

@@ -1,0 +1,56 @@
+"""The frozen reference model's embeddings for a super-batch: from the cache, or by a forward pass."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from jest_ds.config import ExperimentConfig
+from jest_ds.models.export import load_exported
+from jest_ds.selection import Embeddings
+
+
+def default_cache_path(cfg: ExperimentConfig, train_dir: Path) -> Path:
+    return Path(cfg.data.reference_cache) if cfg.data.reference_cache else train_dir / "reference_cache.safetensors"
+
+
+class ReferenceScorer:
+    """`embeddings(batch)` -> reference `Embeddings` for the batch's samples (None when not needed)."""
+
+    def __init__(self, cfg: ExperimentConfig, train_dir: Path, device: torch.device, world_size: int):
+        s = cfg.selection
+        self.mode = "none"
+        self.model = None
+        self.cache = None
+        self.device = device
+        if s.method == "iid" or s.score == "hard_learner":
+            return
+        model, ref_cfg, digest = load_exported(s.reference, device)
+        self.digest = digest
+        self.config = ref_cfg
+        if s.reference_mode == "cached":
+            from jest_ds.data.reference_cache import ReferenceCache
+
+            self.cache = ReferenceCache.load(default_cache_path(cfg, train_dir), expected_hash=digest)
+            self.mode = "cached"
+        else:
+            if ref_cfg.model.image_size != cfg.model.image_size:
+                raise ValueError(f"reference {s.reference}: image_size {ref_cfg.model.image_size} differs from "
+                                 f"the learner's {cfg.model.image_size}; the uncached forward needs the same")
+            if s.reference_zero3 and world_size > 1:
+                from jest_ds.train.engine import build_frozen_engine
+
+                model = build_frozen_engine(cfg, model, world_size)
+            self.model = model
+            self.mode = "forward"
+
+    @torch.no_grad()
+    def embeddings(self, batch) -> Embeddings | None:
+        if self.mode == "none":
+            return None
+        if self.mode == "cached":
+            img, txt = self.cache.lookup(batch.keys)
+            return Embeddings(img.to(self.device), txt.to(self.device), self.cache.log_scale.to(self.device),
+                              self.cache.bias.to(self.device))
+        enc = self.model(batch.images.to(self.device), batch.tokens.to(self.device))
+        return Embeddings(enc.img.float(), enc.txt.float(), enc.log_scale.float(), enc.bias.float())

@@ -1,0 +1,344 @@
+"""The training loop. Its methods read as the step: batch → score → select → forward/backward → log.
+
+One step, per rank (see docs/architecture.md):
+  1. read this rank's share of the super-batch (B/world candidates);
+  2. score: learner forward without grad (coarse patch for Flexi-JEST) + reference embeddings
+     (cache lookup or frozen forward);
+  3. select: the joint sampler over the GLOBAL super-batch; each rank keeps b/world of its own;
+  4. train: a fresh forward WITH grad on the selected examples (the scoring pass is NOT reused:
+     it ran without grad, at possibly another patch size), global sigmoid loss, engine step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from jest_ds import flops as flop_model
+from jest_ds.config import ExperimentConfig, save_config
+from jest_ds.data.eval_sets import list_eval_sets, load_eval_set
+from jest_ds.data.shards import Batch, ShardBatches, SkipCounter
+from jest_ds.data.tokenizer import CaptionTokenizer
+from jest_ds.eval import evaluate, format_metrics
+from jest_ds.losses import global_sigmoid_loss
+from jest_ds.models import DualEncoder
+from jest_ds.models.export import export_model, full_state_dict
+from jest_ds.selection import Embeddings, diagonal_scores, independent_sample, joint_sample
+from jest_ds.selection.distributed import distributed_joint_sample
+from jest_ds.train import checkpoint
+from jest_ds.train.distributed import device as pick_device, init_distributed, shutdown
+from jest_ds.train.engine import build_engine
+from jest_ds.train.metrics import MetricsWriter
+from jest_ds.train.reference import ReferenceScorer
+
+log = logging.getLogger("jest_ds.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path, Path, CaptionTokenizer]:
+    """(dataset root, training shards dir or pattern, tokenizer); clear errors for missing pieces."""
+    root = Path(cfg.data.root)
+    if not root.exists():
+        raise FileNotFoundError(f"data.root = {root}: no such directory (build it with `jest-ds data build`)")
+    part = root / cfg.data.train_part
+    train = part if part.exists() else Path(cfg.data.train_part)
+    if not train.exists() and "{" not in str(train):
+        raise FileNotFoundError(f"data.train_part = {cfg.data.train_part!r}: neither {part} nor {train} exists")
+    tok_path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else root / "tokenizer.json"
+    return root, train, CaptionTokenizer.from_file(tok_path)
+
+
+def take(batch: Batch, idx: torch.Tensor) -> Batch:
+    i = idx.tolist()
+    return Batch(images=batch.images[idx], tokens=batch.tokens[idx], keys=[batch.keys[k] for k in i],
+                 meta=[batch.meta[k] for k in i], captions=[batch.captions[k] for k in i] if batch.captions else [])
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, resume: str = "", show_progress: bool = True):
+        self.cfg = cfg
+        self.rank, self.world = init_distributed(cfg.train.collective_timeout_s)
+        self.device = pick_device()
+        self.is_main = self.rank == 0
+        self.show_progress = show_progress and self.is_main
+        self.out_dir = Path(cfg.train.out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+
+        self.data_root, self.train_dir, self.tokenizer = resolve_dataset(cfg)
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = self.tokenizer.vocab_size
+        self.B_local, self.b_local = cfg.per_rank(self.world)
+
+        # Same initial weights on every rank (DeepSpeed also broadcasts rank 0's).
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        self.engine = build_engine(cfg, DualEncoder(cfg.model), self.world)
+        self.reference = ReferenceScorer(cfg, self.train_dir, self.device, self.world)
+        # Identical on every rank: the joint sampler must draw the same Gumbel noise everywhere.
+        self.selection_rng = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
+
+        self.skipped = SkipCounter()
+        self.loader = ShardBatches(self.train_dir, batch_size=self.B_local, image_size=cfg.model.image_size,
+                                   tokenizer=self.tokenizer, context_length=cfg.model.context_length,
+                                   seed=cfg.train.seed, rank=self.rank, world_size=self.world,
+                                   skipped=self.skipped, shuffle_buffer=cfg.data.shuffle_buffer)
+        self.eval_sets = self._load_eval_sets()
+        self.ledger = flop_model.FlopLedger()
+        self.flops_per_step = flop_model.step_flops(
+            cfg, reference_cfg=getattr(self.reference, "config", None) and self.reference.config.model)
+
+        self.step = 0
+        self.data_position = (0, 0)
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        ckpt = checkpoint.resolve(resume, self.ckpt_root)
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.metrics = MetricsWriter(self.out_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard,
+                                     resume=ckpt is not None)
+        if ckpt is not None:
+            self.metrics.truncate_after(self.step)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.yaml")
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _load_eval_sets(self):
+        wanted = set(self.cfg.eval.sets)
+        sets = []
+        for d in list_eval_sets(self.data_root):
+            if not wanted or d.name in wanted:
+                sets.append(load_eval_set(d, self.cfg.model.image_size))
+        missing = wanted - {s.name for s in sets}
+        if missing:
+            raise FileNotFoundError(f"eval.sets: {sorted(missing)} not found under {self.data_root / 'eval'}")
+        return sets
+
+    def _restore(self, ckpt: Path) -> None:
+        rank_state, trainer_state = checkpoint.load(self.engine, ckpt)
+        checkpoint.set_rng_state(rank_state["rng"], self.selection_rng)
+        self.data_position = tuple(rank_state["data_position"])
+        self.skipped.counts = dict(rank_state["skipped"])
+        self.step = trainer_state["step"]
+        self.ledger.load_state_dict(trainer_state["ledger"])
+        self.nonfinite_total = trainer_state.get("nonfinite_total", 0)
+        if self.is_main:
+            log.info("resumed from %s at step %d", ckpt, self.step)
+
+    # ------------------------------------------------------------------ the step
+    def batch_generator(self):
+        epoch, index = self.data_position
+        for epoch, index, batch in self.loader.stream(start_epoch=epoch, start_batch=index):
+            self.data_position = (epoch, index + 1)
+            yield batch
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> tuple[Embeddings | None, Embeddings | None]:
+        """Learner (no grad) and reference embeddings of this rank's candidates."""
+        s = self.cfg.selection
+        if s.method == "iid":
+            return None, None
+        learner = None
+        if s.score != "easy_reference":
+            patch = self.cfg.model.coarse_patch_size if s.flexi else self.cfg.model.patch_size
+            enc = self.engine.module(batch.images.to(self.device), batch.tokens.to(self.device), patch_size=patch)
+            learner = Embeddings(enc.img.float(), enc.txt.float(), enc.log_scale.float(), enc.bias.float())
+        return learner, self.reference.embeddings(batch)
+
+    def select(self, learner: Embeddings | None, reference: Embeddings | None) -> torch.Tensor:
+        """Local indices (into this rank's candidates) of the examples this rank trains on."""
+        s, b = self.cfg.selection, self.cfg.train.batch_size
+        if s.method == "iid":
+            return torch.arange(self.b_local)
+        quota = self.world if s.quota_per_rank else None
+        if s.method == "independent":
+            local = diagonal_scores(learner, reference, s.score, s.gain).double()
+            everything = self._gather(local)
+            chosen = independent_sample(everything, b, mode=s.independent_mode, generator=self.selection_rng,
+                                        quota=self.world)
+        elif self.world == 1:
+            chosen = joint_sample(learner, reference, b, n_chunks=s.n_chunks, method=s.score, gain=s.gain,
+                                  generator=self.selection_rng, quota=None, loss=s.loss)
+        else:
+            chosen, local_idx = distributed_joint_sample(learner, reference, b, s.n_chunks, s.score, s.gain,
+                                                         self.selection_rng, quota=s.quota_per_rank, loss=s.loss)
+            if s.quota_per_rank:
+                return local_idx.cpu()
+        lo = self.rank * self.B_local
+        mine = chosen[(chosen >= lo) & (chosen < lo + self.B_local)] - lo
+        if mine.numel() != self.b_local:
+            raise RuntimeError(f"selection gave rank {self.rank} {mine.numel()} examples, expected {self.b_local}: "
+                               "set selection.quota_per_rank: true")
+        return mine.cpu()
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    def forward_backward_step(self, batch: Batch) -> float:
+        s = self.cfg.selection
+        coarse = int(round(self.b_local * s.flexi_low_res_fraction)) if s.flexi else 0
+        enc = self.engine(batch.images.to(self.device), batch.tokens.to(self.device), coarse_count=coarse)
+        loss_bw, share = global_sigmoid_loss(enc.img.float(), enc.txt.float(), enc.log_scale.float(),
+                                             enc.bias.float())
+        (total,) = _all_reduce_sum([float(share.detach())], self.device)
+        if not math.isfinite(total):
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            if self.nonfinite_in_row >= self.cfg.train.max_nonfinite_in_row:
+                raise NonFiniteLossError(
+                    f"loss was non-finite for {self.nonfinite_in_row} steps in a row (last at step {self.step}); "
+                    f"aborting (train.max_nonfinite_in_row = {self.cfg.train.max_nonfinite_in_row})")
+            self.engine.zero_grad() if hasattr(self.engine, "zero_grad") else None
+            return total
+        self.nonfinite_in_row = 0
+        self.engine.backward(loss_bw)
+        self.engine.step()
+        return total
+
+    def train_step(self, batch: Batch) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        learner, reference = self.score(batch)
+        t1 = time.perf_counter()
+        local = self.select(learner, reference)
+        t2 = time.perf_counter()
+        chosen = take(batch, local)
+        loss = self.forward_backward_step(chosen)
+        t3 = time.perf_counter()
+        self.ledger.add_step(self.flops_per_step)
+        record = {"loss": loss, "lr": self.engine.get_lr()[0], "time/score_s": t1 - t0, "time/select_s": t2 - t1,
+                  "time/train_s": t3 - t2, "nonfinite_steps": self.nonfinite_total}
+        record.update(self.selection_metrics(batch, local, learner, reference))
+        return record
+
+    def selection_metrics(self, batch: Batch, local: torch.Tensor, learner, reference) -> dict[str, float]:
+        """Planted-noise and per-source shares of the chosen batch vs the super-batch; mean self-pair
+        learnability of the chosen vs all candidates (summed over ranks)."""
+        chosen_mask = torch.zeros(len(batch.keys), dtype=torch.bool)
+        chosen_mask[local] = True
+        noisy = torch.tensor([bool(m.get("caption_noisy", False)) for m in batch.meta])
+        values = [float(noisy[chosen_mask].sum()), float(chosen_mask.sum()), float(noisy.sum()), float(len(noisy))]
+        if learner is not None and reference is not None and self.cfg.selection.score == "learnability":
+            diag = diagonal_scores(learner, reference, "learnability", 1.0).double().cpu()
+            values += [float(diag[chosen_mask].sum()), float(diag.sum())]
+        totals = _all_reduce_sum(values, self.device)
+        out = {"sel/noisy_share_chosen": totals[0] / max(totals[1], 1),
+               "sel/noisy_share_all": totals[2] / max(totals[3], 1)}
+        if len(totals) > 4:
+            out["sel/learnability_chosen"] = totals[4] / max(totals[1], 1)
+            out["sel/learnability_all"] = totals[5] / max(totals[3], 1)
+        groups = Counter(m.get("source", "?").split(":")[0] for m, c in zip(batch.meta, chosen_mask.tolist()) if c)
+        for name, count in groups.items():
+            out[f"sel/source_share/{name}"] = count / max(int(chosen_mask.sum()), 1)  # this rank's view
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_sets:
+            return {}
+        model = self.engine.module
+        return evaluate(model, self.eval_sets, self.tokenizer, self.cfg.model.context_length, self.device,
+                        self.cfg.eval.batch_size, self.cfg.eval.few_shot)
+
+    def save_checkpoint(self) -> None:
+        rank_state = {"rng": checkpoint.rng_state(self.selection_rng), "data_position": list(self.data_position),
+                      "skipped": self.skipped.as_dict()}
+        trainer_state = {"step": self.step, "ledger": self.ledger.state_dict(), "nonfinite_total": self.nonfinite_total}
+        checkpoint.save(self.engine, self.ckpt_root, self.step, rank_state, trainer_state, self.cfg.train.keep_last)
+
+    def run(self) -> dict[str, float]:
+        t = self.cfg.train
+        batches = self.batch_generator()
+        bar = tqdm(total=t.steps, initial=self.step, disable=not self.show_progress, desc=self.cfg.name,
+                   dynamic_ncols=True, file=sys.stderr)
+        final: dict[str, float] = {}
+        if self.step == 0 and t.eval_every:
+            self._log(self.evaluate(), bar)
+        while self.step < t.steps:
+            t_data = time.perf_counter()
+            batch = next(batches)
+            data_s = time.perf_counter() - t_data
+            record = self.train_step(batch)
+            self.step += 1
+            record["time/data_s"] = data_s
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            do_eval = (t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps
+            if do_eval:
+                final = self.evaluate()
+                record.update(final)
+            if do_eval or self.step % t.log_every == 0:
+                record.update(self.ledger.as_metrics())
+                record["data/skipped"] = self.skipped.total
+                record["data/epoch"] = self.data_position[0]
+                self.metrics.write(self.step, record)
+            if do_eval and self.is_main and final:
+                bar.write(f"step {self.step}: loss {record['loss']:.4f}\n{format_metrics(final)}")
+            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps:
+                self.save_checkpoint()
+        bar.close()
+        return final
+
+    def _log(self, metrics: dict[str, float], bar) -> None:
+        if metrics:
+            metrics.update(self.ledger.as_metrics())
+            self.metrics.write(self.step, metrics)
+            if self.is_main:
+                bar.write(f"step {self.step}:\n{format_metrics(metrics)}")
+
+    def export(self, out_dir: str | Path | None = None) -> str | None:
+        """Final model to safetensors (rank 0 writes; all ranks take part in a ZeRO-3 gather)."""
+        state = full_state_dict(self.engine)
+        digest = None
+        if self.is_main:
+            digest = export_model(state, self.cfg, out_dir or self.out_dir / "export")
+            summary = {"step": self.step, "sha256": digest, "skipped": self.skipped.as_dict(),
+                       "flops": self.ledger.totals()}
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return digest
+
+    def close(self) -> None:
+        self.metrics.close()
+        shutdown()
+
+
+def train(cfg: ExperimentConfig, resume: str = "", export: bool = True, show_progress: bool = True) -> dict[str, float]:
+    trainer = Trainer(cfg, resume=resume, show_progress=show_progress)
+    try:
+        final = trainer.run()
+        if export:
+            trainer.export()
+        return final
+    finally:
+        trainer.close()
+
+
+def configure_logging() -> None:
+    level = logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
