@@ -22,6 +22,12 @@ ranks), with F = learner forward FLOPs of one (image, caption) pair:
 plus the SigLIP logits of the trained batch (3 · 2·b²·d) and, at a non-base
 patch, the per-call resampling of the patch kernel (`patch_resample_flops`).
 
+"Backward = 2 × forward" is the model-FLOPs convention (as in MFU). FlopCounterMode
+on a real backward differs slightly, both ways: no input gradient is computed for
+the patch-embed conv (images) or the fixed resampling matrix (-), and its SDPA
+backward also counts recomputing q·kᵀ, as flash attention does (+); the tests
+check the exact difference.
+
 NOTE: our implementation recomputes the forward of the selected b with grad
 instead of reusing the scoring pass, so its per-iteration cost is
 F·B/b + 3F, not the paper's F·(2 + B/b) (`paper_cost_ratio`).
@@ -302,17 +308,22 @@ def measure_fvcore_flops(model: Any, inputs: tuple[Any, ...] | Any) -> int:
     fvcore traces the model with torch.jit; inputs must be tensors (wrap non-tensor
     arguments such as a patch size in a small module). SDPA attention gets a handle
     (fvcore skips it otherwise); norms/pooling/upsampling are ignored."""
+    import warnings
+
     import torch
-    from fvcore.nn import FlopCountAnalysis
 
     if not isinstance(inputs, tuple):
         inputs = (inputs,)
-    analysis = FlopCountAnalysis(model, inputs)
-    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
-    for name in _FVCORE_IGNORED:  # a None handle does not drop fvcore's default handle: count zero
-        analysis.set_op_handle(name, _no_flops)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # fvcore uses torch.jit (script at import, trace here), deprecated in recent torch
+        warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
+
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
+        for name in _FVCORE_IGNORED:  # a None handle does not drop fvcore's default handle: count zero
+            analysis.set_op_handle(name, _no_flops)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return int(2 * analysis.total())
 
 

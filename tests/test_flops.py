@@ -19,9 +19,9 @@ from jest_ds.models import ImageTower, TextTower
 REPO = Path(__file__).resolve().parent.parent
 TINY = ModelConfig(vocab_size=1000)
 BASE = flops.model_preset("base")  # ViT-B/16 @ 256 px + BERT-B, 64 tokens, embed 768
-# the base widths at depth 2: real weights on CPU in ~1 s (the count is linear in depth;
+# ViT-B/16 @ 224 and BERT-B widths at depth 2: real weights on CPU in ~1 s (the count is linear in depth;
 # the full-depth image tower is checked on the meta device)
-BASE_SHALLOW = dataclasses.replace(BASE, vision_depth=2, text_depth=2)
+BASE_SHALLOW = dataclasses.replace(BASE, image_size=224, vision_depth=2, text_depth=2)
 
 
 class AtPatch(nn.Module):
@@ -113,7 +113,7 @@ def test_known_totals_and_depth_scaling():
     # per-layer counts: full depth = shallow + 10 layers of the same width
     layers = lambda c: flops.image_tower_flops(c) - flops.image_tower_breakdown(c)["patch_embed"] \
         - flops.image_tower_breakdown(c)["head"]
-    assert layers(BASE) == 6 * layers(BASE_SHALLOW)
+    assert layers(BASE) == 6 * layers(dataclasses.replace(BASE_SHALLOW, image_size=BASE.image_size))
     assert flops.learner_forward_flops(BASE) == flops.image_tower_flops(BASE) + flops.text_tower_flops(BASE)
     # patch 32 has 4x fewer tokens: A just under 1/4 (attention shrinks 16x, the patch conv not at all)
     assert 0.24 < flops.flexi_image_ratio(BASE) < 0.26
@@ -296,3 +296,58 @@ def test_flop_report_tool(tmp_path):
     assert "| 0.8 | JEST (cached ref) |" in md and "2.333×" in md
     assert "Flexi-JEST ≤ 1.15× IID at f = 0.8" in md
     assert "| iid | iid | 20 |" in md and "1.000×" in md
+
+
+# --------------------------------------------------------------------------- a whole step, measured
+
+@pytest.mark.parametrize("flexi", [False, True])
+def test_step_flops_match_a_measured_step(flexi):
+    """Score → select → train (forward + backward) of the tiny model under FlopCounterMode.
+
+    Backward is slightly under 2 × forward (no input gradient for the patch-embed conv, none
+    for the fixed resampling matrix): within 2%. The sampler's S_ii is element-wise (uncounted)."""
+    from jest_ds.losses import sigmoid_loss_dense
+    from jest_ds.models import DualEncoder
+    from jest_ds.selection import Embeddings, joint_sample
+
+    small = dataclasses.replace(TINY, vision_width=64, vision_depth=1, vision_heads=2, text_width=64,
+                                text_depth=1, text_heads=2, embed_dim=32)
+    cfg = _cfg(method="jest", filter_ratio=0.8, n_chunks=4, flexi=flexi)
+    cfg = dataclasses.replace(cfg, model=small, train=dataclasses.replace(cfg.train, batch_size=16))
+    B, b, m = cfg.super_batch_size, cfg.train.batch_size, cfg.model
+    torch.manual_seed(0)
+    model = DualEncoder(m)
+    images = torch.randn(B, 3, m.image_size, m.image_size)
+    tokens = torch.randint(1, m.vocab_size, (B, m.context_length))
+    reference = _embeddings(B, m.embed_dim, 3)
+    patch = m.coarse_patch_size if flexi else m.patch_size
+
+    def score():
+        enc = model(images, tokens, patch_size=patch)
+        return Embeddings(enc.img, enc.txt, enc.log_scale, enc.bias)
+
+    learner = score()
+    measured = {"scoring": flops.measure_forward_flops(score)}
+    measured["selection"] = flops.measure_forward_flops(
+        lambda: joint_sample(learner, reference, b, n_chunks=4, generator=torch.Generator().manual_seed(0)))
+    chosen = joint_sample(learner, reference, b, n_chunks=4, generator=torch.Generator().manual_seed(0))
+
+    def train():
+        coarse = int(round(b * cfg.selection.flexi_low_res_fraction)) if flexi else 0
+        enc = model(images[chosen], tokens[chosen], coarse_count=coarse)
+        sigmoid_loss_dense(enc.img, enc.txt, enc.log_scale, enc.bias).backward()
+
+    measured["training"] = flops.measure_forward_flops(train, no_grad=False)
+    analytic = flops.step_flops(cfg)
+    assert measured["scoring"] == analytic["scoring"]
+    assert measured["selection"] == analytic["selection"] - 2 * 2 * B * m.embed_dim  # S_ii: element-wise
+    assert close(measured["training"], analytic["training"]), (measured["training"], analytic["training"])
+    # exactly: 3 × forward, less the input gradients nobody needs (images, the resampling
+    # matrix), plus FlopCounterMode's SDPA backward recomputing q·kᵀ (flash attention)
+    n_lo = int(round(b * cfg.selection.flexi_low_res_fraction)) if flexi else 0
+    fine, coarse = flops.image_tower_breakdown(m), flops.image_tower_breakdown(m, m.coarse_patch_size)
+    text = flops.text_tower_breakdown(m)
+    unneeded = (b - n_lo) * fine["patch_embed"] + n_lo * coarse["patch_embed"] \
+        + (flops.patch_resample_flops(m, m.coarse_patch_size) if flexi else 0)
+    recompute = (b - n_lo) * fine["attn_scores"] + n_lo * coarse["attn_scores"] + b * text["attn_scores"]
+    assert measured["training"] == analytic["training"] - unneeded + recompute

@@ -101,6 +101,14 @@ def markdown(cfg: ExperimentConfig, where: str, rows: list[dict[str, Any]]) -> s
         lines.append(f"| {r['f']:.1f} | {r['method']} | {r['B']} | {r['b']} | {r['paper']:.3f}× | "
                      f"{r['paper_learner_A']:.3f}× | {r['ours']:.3f}× | "
                      f"{r['scoring']:.3f} | {r['reference']:.3f} | {r['selection']:.4f} | {r['training']:.3f} |")
+    if where != "defaults" and not where.startswith("defaults,"):
+        own = step_flops(cfg)
+        sel = cfg.selection
+        name = sel.method + (" + flexi" if sel.flexi else "") + ("" if sel.method == "iid" else
+                                                                 f", f = {sel.filter_ratio}, ref {sel.reference_mode}")
+        lines += ["", f"This config as configured ({name}): {own['total']:.4g} FLOPs/step = "
+                  f"{own['total'] / step_flops(with_selection(cfg, method='iid', flexi=False))['total']:.3f}× IID "
+                  f"(" + ", ".join(f"{k} {own[k]:.3g}" for k in COMPONENTS) + ")."]
     flexi = next(r for r in rows if r["f"] == 0.8 and r["method"].startswith("Flexi"))
     ok = lambda v: "yes" if v <= THRESHOLD else "NO"  # noqa: E731
     lines += [

@@ -66,17 +66,43 @@ def _fit_on_white(img, size: int):
     return img
 
 
+def _cairo_rgb(tree, size: int):
+    """Render a parsed cairosvg tree onto a white ``size``×``size`` surface -> PIL RGB image
+    (no PNG encode/decode round trip inside cairo)."""
+    import numpy as np
+    from cairosvg.surface import PNGSurface
+    from PIL import Image
+
+    surf = PNGSurface(tree, None, 96, output_width=size, output_height=size, background_color="white")
+    try:
+        c = surf.cairo
+        c.flush()
+        w, h, stride = c.get_width(), c.get_height(), c.get_stride()
+        a = np.frombuffer(c.get_data(), np.uint8).reshape(h, stride)[:, : w * 4].reshape(h, w, 4)
+        img = Image.fromarray(np.ascontiguousarray(a[:, :, [2, 1, 0]]))  # BGRA (opaque) -> RGB
+    finally:
+        surf.finish()
+    if img.size != (size, size):
+        img = _fit_on_white(img, size)
+    return img
+
+
 def render_png(spec: tuple, size: int) -> bytes | None:
-    """Render one item's image to RGB PNG bytes (None when it cannot be rendered)."""
+    """Render one item's image to RGB PNG bytes (None when it cannot be rendered).
+
+    kinds: ("svg", text) square icon SVG; ("svgfile", path) square SVG file;
+    ("file", path) any PNG/SVG file (aspect kept, padded white); ("gray", bytes, w, h).
+    """
     import cairosvg
+    from cairosvg.parser import Tree
     from PIL import Image
 
     try:
         kind = spec[0]
         if kind == "svg":
-            raw = cairosvg.svg2png(bytestring=spec[1].encode("utf-8"), output_width=size,
-                                   output_height=size)
-            img = _fit_on_white(Image.open(io.BytesIO(raw)), size)
+            img = _cairo_rgb(Tree(bytestring=spec[1].encode("utf-8")), size)
+        elif kind == "svgfile":
+            img = _cairo_rgb(Tree(url=spec[1]), size)
         elif kind == "file":
             path = spec[1]
             if path.endswith(".svg"):
@@ -128,8 +154,10 @@ def render_all(items: list[S.Item], size: int, workers: int, desc: str, progress
 
 # --------------------------------------------------------------------------- helpers
 def _key(part: str, source: str, ident: str) -> str:
+    # "_" never occurs in a slug, so (part, source, ident) -> key is injective
+    # (e.g. material-symbols/light-x vs material-symbols-light/x)
     src = S.slug(source.replace("iconify:", ""))
-    k = f"{part}-{src}-{S.slug(ident)}"
+    k = f"{part}_{src}_{S.slug(ident)}"
     if len(k) > 96:  # keep tar names short; stable hash suffix keeps it unique
         k = k[:80] + "-" + hashlib.sha1(k.encode()).hexdigest()[:12]
     return k
@@ -283,6 +311,7 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                   fashion_mnist_size: int = DEFAULTS["fashion_mnist_size"],
                   eval_seed: int = DEFAULTS["eval_seed"], workers: int | None = None,
                   tuxpaint_dir: Path = S.TUXPAINT_DIR, fashion_mnist_dir: Path = S.FASHION_MNIST_DIR,
+                  openmoji_skin_tones: bool = False, openmoji_svg_dir: Path | None = None,
                   overwrite: bool = True) -> dict[str, Any]:
     """Build the dataset under ``root``; return the manifest (also written to manifest.json).
 
@@ -302,7 +331,8 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                                 "(run tools/install_data_packages.sh)")
     train_sets, held, excluded = S.split_iconify_sets(sets)
     pool_emoji = [p for p in train_sets if p in S.POOL_EMOJI_SETS]
-    openmoji, om_ver = S.openmoji_items(packages_dir, image_size)
+    openmoji, om_ver = S.openmoji_items(packages_dir, image_size, skin_tones=openmoji_skin_tones,
+                                        svg_dir=openmoji_svg_dir)
     tux_all = S.tuxpaint_items(Path(tuxpaint_dir))
     fm_total = S.fashion_mnist_count(Path(fashion_mnist_dir))
 
@@ -318,11 +348,10 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
         "excluded_sets": excluded,
     }
     rng.shuffle(candidates)
-    if curated_size < len(openmoji):
-        om_used = sorted(rng.sample(range(len(openmoji)), curated_size))
-        cur_om = [openmoji[i] for i in om_used]
-    else:
-        cur_om = list(openmoji)
+    # OpenMoji fills at most half of the curated set, the rest is a held-back clean slice
+    # of the pool's own Iconify sets (same distribution as the pool, see PROTOTYPE_FINDINGS)
+    n_om = min(len(openmoji), (curated_size + 1) // 2)
+    cur_om = [openmoji[i] for i in sorted(rng.sample(range(len(openmoji)), n_om))]
     n_cur_ic = max(0, curated_size - len(cur_om))
     if n_cur_ic + pool_size > len(candidates):
         raise ValueError(f"pool_size + held-back curated icons ({pool_size}+{n_cur_ic}) exceed the "
@@ -404,8 +433,8 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                        "templates": ZS_TEMPLATES_FASHION, "source": "fashion_mnist"})
 
     # sanity: pool and curated never share a key or an image source item
-    pk = {s[0].split("-", 1)[1] for s in pool_samples}
-    ck = {s[0].split("-", 1)[1] for s in cur_samples}
+    pk = {s[0].split("_", 1)[1] for s in pool_samples}
+    ck = {s[0].split("_", 1)[1] for s in cur_samples}
     assert not (pk & ck), "pool and curated overlap"
 
     # ---- tokenizer ---------------------------------------------------------------------------
@@ -426,6 +455,7 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
         "available": available,
         "render_failures": failures,
         "args": {"pool_size": pool_size, "curated_size": curated_size, "noise_fraction": noise_fraction,
+                 "openmoji_skin_tones": openmoji_skin_tones,
                  "shard_size": shard_size, "vocab_size": vocab_size,
                  "emoji_zeroshot_classes": emoji_zeroshot_classes,
                  "emoji_retrieval_size": emoji_retrieval_size, "tuxpaint_size": tuxpaint_size,
@@ -460,6 +490,8 @@ def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--tuxpaint-size", type=int, default=d["tuxpaint_size"])
     p.add_argument("--fashion-mnist-size", type=int, default=d["fashion_mnist_size"])
     p.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
+    p.add_argument("--openmoji-skin-tones", action="store_true",
+                   help="also put OpenMoji's ~2k skin-tone variants in the curated set (slower build)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -471,7 +503,7 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
         noise_fraction=args.noise_fraction, shard_size=args.shard_size, vocab_size=args.vocab_size,
         emoji_zeroshot_classes=args.emoji_zeroshot_classes, emoji_retrieval_size=args.emoji_retrieval_size,
         tuxpaint_size=args.tuxpaint_size, fashion_mnist_size=args.fashion_mnist_size,
-        eval_seed=args.eval_seed, workers=args.workers)
+        eval_seed=args.eval_seed, workers=args.workers, openmoji_skin_tones=args.openmoji_skin_tones)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

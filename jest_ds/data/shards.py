@@ -51,6 +51,7 @@ log = logging.getLogger("jest_ds.data")
 
 MEAN = 0.5
 STD = 0.5
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")  # first present is the sample's image
 
 
 # --------------------------------------------------------------------------- writing
@@ -86,13 +87,14 @@ class SkipCounter:
 
     LOG_FIRST = 3
 
-    def __init__(self):
+    def __init__(self, quiet: bool = False):
         self.counts: dict[str, int] = {}
+        self.quiet = quiet
 
     def add(self, reason: str, detail: str = "", n: int = 1) -> None:
         c = self.counts.get(reason, 0) + n
         self.counts[reason] = c
-        if c - n < self.LOG_FIRST:
+        if not self.quiet and c - n < self.LOG_FIRST:
             log.warning("skipped (%s): %s", reason, detail)
             if c >= self.LOG_FIRST:
                 log.warning("further '%s' skips are counted but not logged", reason)
@@ -184,9 +186,28 @@ def _png_ok(data: bytes) -> bool:
         return False
 
 
+def tar_tail_ok(path: str) -> bool:
+    """A complete tar is a whole number of 512-byte blocks ending in two zero blocks.
+    (tarfile silently stops at a header cut short, so a shard truncated between members
+    would otherwise go unnoticed.)"""
+    try:
+        size = os.path.getsize(path)
+        if size < 1024 or size % 512:
+            return False
+        with open(path, "rb") as f:
+            f.seek(size - 1024)
+            return f.read(1024) == b"\0" * 1024
+    except OSError:
+        return False
+
+
 def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = True) -> Iterator[dict]:
     """Undecoded, structurally valid samples: dict(key, png, caption, meta, url)."""
     import webdataset as wds
+
+    for u in urls:
+        if os.path.isfile(u) and not tar_tail_ok(u):
+            skipped.add("truncated_shard", f"{u}: incomplete tar (readable samples before the cut are used)")
 
     def handler(exn: Exception) -> bool:
         skipped.add(_classify(exn), f"{type(exn).__name__}: {str(exn)[:200]}")
@@ -199,7 +220,8 @@ def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = Tr
     for s in ds:
         key, url = s.get("__key__", "?"), s.get("__url__", "?")
         where = f"{key} in {url}"
-        if "png" not in s:
+        img = next((s[e] for e in IMAGE_EXTS if e in s), None)
+        if img is None:
             skipped.add("missing_image", where)
             continue
         if "txt" not in s:
@@ -219,10 +241,10 @@ def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = Tr
             except Exception:
                 skipped.add("bad_json", where)
                 continue
-        if check_png and not _png_ok(s["png"]):
+        if check_png and not _png_ok(img):
             skipped.add("undecodable_image", where)
             continue
-        yield {"key": key, "png": s["png"], "caption": caption, "meta": meta, "url": url}
+        yield {"key": key, "png": img, "caption": caption, "meta": meta, "url": url}
 
 
 def decode_image(data: bytes, image_size: int) -> np.ndarray:
@@ -276,7 +298,7 @@ class ShardBatches:
     def num_samples(self) -> int:
         """Valid samples in one pass (counted once, without decoding pixels)."""
         if self._num_samples is None:
-            self._num_samples = sum(1 for _ in iter_raw_samples(self.urls, SkipCounter()))
+            self._num_samples = sum(1 for _ in iter_raw_samples(self.urls, SkipCounter(quiet=True)))
         return self._num_samples
 
     @property

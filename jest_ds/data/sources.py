@@ -189,12 +189,16 @@ def openmoji_svg_dir() -> Path | None:
     return d if d.is_dir() else None
 
 
-def openmoji_items(packages_dir: Path, size: int) -> tuple[list[Item], str]:
-    """OpenMoji emoji with CLDR annotations. -> (items, version string)."""
+def openmoji_items(packages_dir: Path, size: int, skin_tones: bool = False,
+                   svg_dir: Path | None = None) -> tuple[list[Item], str]:
+    """OpenMoji emoji with CLDR annotations. -> (items, version string).
+
+    ``skin_tones=False`` drops the ~2k skin-tone variants (same caption + ": <tone> skin
+    tone"; they are the slowest SVGs to render and add little for 64 px models)."""
     meta_f = Path(packages_dir) / "node_modules" / "openmoji" / "data" / "openmoji.json"
     if not meta_f.is_file():
         raise FileNotFoundError(f"OpenMoji annotations not found: {meta_f} (run tools/install_data_packages.sh)")
-    svg_dir = openmoji_svg_dir()
+    svg_dir = Path(svg_dir) if svg_dir is not None else openmoji_svg_dir()
     npm_svg = Path(packages_dir) / "node_modules" / "openmoji" / "color" / "svg"
     if svg_dir is None and npm_svg.is_dir():
         svg_dir = npm_svg
@@ -208,10 +212,12 @@ def openmoji_items(packages_dir: Path, size: int) -> tuple[list[Item], str]:
         f = svg_dir / f"{hexcode}.svg"
         if not ann or not hexcode or hexcode in seen or not f.is_file():
             continue
+        if not skin_tones and (e.get("skintone") not in ("", None) or "skin tone" in ann):
+            continue
         seen.add(hexcode)
         items.append(Item(
             source="openmoji", licence="CC-BY-SA-4.0", ident=hexcode.lower(),
-            caption=f"an emoji of {ann}.", render=("file", str(f)),
+            caption=f"an emoji of {ann}.", render=("svgfile", str(f)),
             extra={"annotation": ann, "group": e.get("group", ""), "subgroup": e.get("subgroups", ""),
                    "tags": e.get("tags", ""), "hexcode": hexcode},
         ))

@@ -1,4 +1,4 @@
-"""WordPiece caption tokenizer (Hugging Face ``tokenizers``), trained on the captions.
+"""WordPiece caption tokenizer (Hugging Face ``tokenizers``), built from the captions.
 
 BERT-style: lower-cased, accents stripped, special tokens ``[PAD]=0, [UNK]=1, [CLS]=2,
 [SEP]=3, [MASK]=4``; the post-processor wraps every caption as ``[CLS] … [SEP]``.
@@ -33,19 +33,42 @@ def _build_empty_tokenizer():
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str | Path | None = None,
                     min_frequency: int = 2) -> "CaptionTokenizer":
-    """Train a WordPiece tokenizer on ``captions``; save it to ``path`` (tokenizer.json) if given."""
-    from tokenizers import processors, trainers
+    """Build a WordPiece tokenizer from ``captions``; save it to ``path`` (tokenizer.json) if given.
 
+    The vocabulary is learnt deterministically (the ``tokenizers`` WordPieceTrainer breaks
+    frequency ties in hash-map order, so two runs give different files): the captions go
+    through the library's BERT normaliser and pre-tokeniser, then the vocabulary is
+    ``[PAD] [UNK] [CLS] [SEP] [MASK]``, every character seen (``c`` and ``##c``, so no word is
+    ever [UNK]), then whole words by descending frequency (ties alphabetical, at least
+    ``min_frequency`` occurrences) up to ``vocab_size``. The ``tokenizers`` WordPiece model
+    then splits rarer words greedily into the longest known pieces. Same captions → the same
+    tokenizer.json, byte for byte.
+    """
+    from collections import Counter
+
+    from tokenizers import models, processors
+
+    base = _build_empty_tokenizer()
+    norm, pre = base.normalizer, base.pre_tokenizer
+    counts: Counter[str] = Counter()
+    for c in captions:
+        for w, _ in pre.pre_tokenize_str(norm.normalize_str(c)):
+            counts[w] += 1
+    chars = sorted({ch for w in counts for ch in w})
+    vocab_list = list(SPECIAL_TOKENS) + chars + ["##" + ch for ch in chars]
+    have = set(vocab_list)
+    for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab_list) >= vocab_size or n < min_frequency:
+            break
+        if w not in have:
+            vocab_list.append(w)
+            have.add(w)
+    vocab = {t: i for i, t in enumerate(vocab_list)}
     tok = _build_empty_tokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(captions), trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.model = models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##",
+                                 max_input_chars_per_word=100)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocab: ids unchanged
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -34,7 +36,35 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
                                verbose=False, rank=rank, world_size=world, auto_mpi_discovery=False)
+    if backend == "gloo":
+        _unlink_shm_buffers()
     return dist.get_rank(), dist.get_world_size()
+
+
+def shm_buffer_path(rank: int | None = None) -> Path:
+    """The /dev/shm file DeepSpeed's CPU shm all-reduce creates for `rank` of this job.
+
+    `deepspeed.comm` builds `deepspeed_shm_comm` on CPU and, when LOCAL_SIZE (set by the
+    `deepspeed` launcher) equals the world size, every rank creates
+    /dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank> (~66 MB) and maps
+    every other rank's. DeepSpeed never unlinks them (shm.cpp); torchrun sets no LOCAL_SIZE, so
+    no file. Only DeepSpeed's inference all-reduce uses them; training does not."""
+    r = int(os.environ.get("RANK", 0)) if rank is None else rank
+    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+                               f"{os.environ.get('MASTER_PORT', '')}_{r}")
+
+
+def _unlink_shm_buffers() -> None:
+    """Unlink this rank's shm all-reduce buffer as soon as every rank has mapped the others'.
+
+    Every rank maps all peers' buffers inside init (it waits for each file to exist), so after a
+    barrier the names are no longer needed: the mappings stay valid until exit and the kernel frees
+    the memory when the last process exits, even after SIGKILL. Nothing is left in /dev/shm."""
+    # Same condition as DeepSpeed's shm_interface.cpp, so every rank takes the barrier or none does.
+    if int(os.environ.get("LOCAL_SIZE", 0) or 0) != dist.get_world_size():
+        return
+    dist.barrier()
+    shm_buffer_path(dist.get_rank()).unlink(missing_ok=True)
 
 
 def _free_port() -> int:
@@ -52,8 +82,11 @@ def device() -> torch.device:
 
 
 def shutdown() -> None:
-    """Barrier then destroy: without it ~1 in 4 CPU runs aborted at exit (STACK_NOTES)."""
-    if dist.is_available() and dist.is_initialized():
+    """Barrier then destroy: without it ~1 in 4 CPU runs aborted at exit (STACK_NOTES).
+
+    A world of one keeps its group, so several runs can share a process (tests, notebooks):
+    DeepSpeed caches the group and cannot re-initialise after a destroy."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         try:
             dist.barrier()
         finally:

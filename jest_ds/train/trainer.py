@@ -79,6 +79,7 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, resume: str = "", show_progress: bool = True):
         self.cfg = cfg
+        self.data_root, self.train_dir, self.tokenizer = resolve_dataset(cfg)  # fail fast, before any collective
         self.rank, self.world = init_distributed(cfg.train.collective_timeout_s)
         self.device = pick_device()
         self.is_main = self.rank == 0
@@ -86,7 +87,6 @@ class Trainer:
         self.out_dir = Path(cfg.train.out_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
 
-        self.data_root, self.train_dir, self.tokenizer = resolve_dataset(cfg)
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = self.tokenizer.vocab_size
         self.B_local, self.b_local = cfg.per_rank(self.world)
@@ -108,7 +108,7 @@ class Trainer:
         self.eval_sets = self._load_eval_sets()
         self.ledger = flop_model.FlopLedger()
         self.flops_per_step = flop_model.step_flops(
-            cfg, reference_cfg=getattr(self.reference, "config", None) and self.reference.config.model)
+            cfg, world_size=self.world, reference_cfg=getattr(self.reference, "config", None) and self.reference.config.model)
 
         self.step = 0
         self.data_position = (0, 0)

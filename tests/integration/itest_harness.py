@@ -1,0 +1,205 @@
+"""Helpers for the multi-process integration tests.
+
+Most multi-rank runs are *forked in-process workers*: the pytest process imports torch, DeepSpeed
+and jest_ds once (and loads DeepSpeed's shm-comm extension once), then forks one child per rank
+with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set. That skips ~15 s of imports per launch on a
+2-core machine. The parent never runs a torch op with more than one thread (fork after an OpenMP
+pool is unsafe): everything numeric runs in a forked child too (`in_child`).
+
+Only two tests go through the real launchers (`deepspeed`, `torchrun`) as subprocesses.
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[2]
+CTX = mp.get_context("fork")
+LOG_ENV = "JEST_DS_LOG_SELECTED"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shm_leftovers() -> list[str]:
+    return sorted(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
+
+
+def remove_shm_for_port(port: int) -> list[str]:
+    """Remove the DeepSpeed shm all-reduce buffers of the job that used MASTER_PORT=port (if any)."""
+    gone = glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")
+    for f in gone:
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            pass
+    return gone
+
+
+# ----------------------------------------------------------------- selected-keys log
+def install_selected_log() -> None:
+    """Make the trainer write <out_dir>/selected_keys_rank<r>.jsonl when JEST_DS_LOG_SELECTED=1.
+
+    No-op once jest_ds.train.trainer does it natively (it then defines SELECTED_KEYS_ENV); until
+    then the same behaviour is patched in (see the diff proposed to the lead in docs/cluster.md)."""
+    from jest_ds.train import trainer as T
+
+    if getattr(T, "SELECTED_KEYS_ENV", None) or getattr(T.Trainer, "_itest_patched", False):
+        return
+    orig_select, orig_step = T.Trainer.select, T.Trainer.train_step
+
+    def select(self, learner, reference):
+        local = orig_select(self, learner, reference)
+        self._itest_local = local
+        return local
+
+    def train_step(self, batch):
+        record = orig_step(self, batch)
+        if os.environ.get(LOG_ENV) == "1":
+            if getattr(self, "_itest_log", None) is None:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                self._itest_log = open(self.out_dir / f"selected_keys_rank{self.rank}.jsonl", "a")
+            self._itest_log.write(json.dumps({
+                "step": self.step + 1, "rank": self.rank, "world": self.world, "candidates": batch.keys,
+                "selected": [batch.keys[i] for i in self._itest_local.tolist()], "loss": record["loss"]}) + "\n")
+            self._itest_log.flush()
+        return record
+
+    T.Trainer.select, T.Trainer.train_step, T.Trainer._itest_patched = select, train_step, True
+
+
+def read_selected(out_dir: Path, world: int) -> dict[int, dict[int, dict]]:
+    """{step: {rank: record}}; for a resumed run the LAST record of a step wins (the re-run one);
+    a line cut off by SIGKILL is ignored."""
+    steps: dict[int, dict[int, dict]] = {}
+    for r in range(world):
+        p = Path(out_dir) / f"selected_keys_rank{r}.jsonl"
+        for line in p.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            steps.setdefault(rec["step"], {})[r] = rec
+    return steps
+
+
+def read_losses(out_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+# ----------------------------------------------------------------- forked workers
+def preload() -> None:
+    """Import everything the workers need and load the shm-comm extension once, in the parent."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    import deepspeed  # noqa: F401
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+    import jest_ds.train.trainer  # noqa: F401
+
+
+def _worker(rank: int, world: int, port: int, cfg: dict, resume: str, env: dict[str, str],
+            export: bool = False) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", **env})
+    os.environ.pop("LOCAL_SIZE", None)
+    import torch
+
+    torch.set_num_threads(1)
+    install_selected_log()
+    from jest_ds.config import config_from_dict
+    from jest_ds.train.trainer import train
+
+    train(config_from_dict(copy.deepcopy(cfg)), resume=resume, export=export, show_progress=False)
+
+
+def start_workers(cfg: dict, world: int = 2, resume: str = "", env: dict[str, str] | None = None,
+                  port: int | None = None, export: bool = False) -> list[mp.Process]:
+    port = port or free_port()
+    procs = [CTX.Process(target=_worker, args=(r, world, port, cfg, resume, dict(env or {}), export), daemon=True)
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def wait_workers(procs: list[mp.Process], timeout: float) -> list[int | None]:
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    codes = [p.exitcode for p in procs]
+    kill_workers(procs)
+    return codes
+
+
+def kill_workers(procs: list[mp.Process]) -> None:
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(10)
+
+
+def run_workers(cfg: dict, world: int = 2, resume: str = "", env: dict[str, str] | None = None,
+                timeout: float = 120, export: bool = False) -> float:
+    """Train with `world` forked ranks; asserts every rank exited 0; returns the wall time."""
+    t0 = time.monotonic()
+    codes = wait_workers(start_workers(cfg, world, resume, env, export=export), timeout)
+    assert codes == [0] * world, f"worker exit codes {codes} (None = still running after {timeout} s, killed)"
+    return time.monotonic() - t0
+
+
+def _child(conn, fn, args, kwargs):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        conn.send((True, fn(*args, **kwargs)))
+    except BaseException:  # noqa: BLE001
+        conn.send((False, traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def in_child(fn: Callable, *args, timeout: float = 120, **kwargs) -> Any:
+    """Run fn(*args, **kwargs) in a forked child (keeps the parent free of torch compute)."""
+    parent, child = CTX.Pipe(duplex=False)
+    p = CTX.Process(target=_child, args=(child, fn, args, kwargs), daemon=True)
+    p.start()
+    child.close()
+    if not parent.poll(timeout):
+        kill_workers([p])
+        raise TimeoutError(f"{fn.__name__} took more than {timeout} s")
+    ok, value = parent.recv()
+    p.join(10)
+    if not ok:
+        raise RuntimeError(f"{fn.__name__} failed in the child:\n{value}")
+    return value
+
+
+def dump_yaml(cfg: dict, path: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
