@@ -34,11 +34,33 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo" and os.environ.get(SHM_COMM_ENV, "0") != "1":
+        _skip_shm_comm()
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
                                verbose=False, rank=rank, world_size=world, auto_mpi_discovery=False)
     if backend == "gloo":
         _unlink_shm_buffers()
     return dist.get_rank(), dist.get_world_size()
+
+
+SHM_COMM_ENV = "JEST_DS_SHM_COMM"
+
+
+def _skip_shm_comm() -> None:
+    """Do not load DeepSpeed's CPU shared-memory all-reduce extension (CPU/gloo runs only).
+
+    `deepspeed.comm`'s TorchBackend JIT-loads `deepspeed_shm_comm` in every process (5-25 s warm on a
+    loaded 2-core machine; a cold or concurrent rebuild holds a file lock, and one test rank waited
+    over 2 min on it) and, under the `deepspeed` launcher, each rank leaves a ~66 MB /dev/shm file. Only DeepSpeed's
+    *inference* all-reduce uses it; with no op, that falls back to torch.distributed.all_reduce and
+    training is unchanged. JEST_DS_SHM_COMM=1 keeps DeepSpeed's behaviour (then the buffers are
+    unlinked right after init, see _unlink_shm_buffers)."""
+    try:
+        import deepspeed.comm.torch as ds_torch
+    except ImportError:
+        return
+    if hasattr(ds_torch, "build_shm_op"):
+        ds_torch.build_shm_op = lambda: None
 
 
 def shm_buffer_path(rank: int | None = None) -> Path:

@@ -106,15 +106,13 @@ def read_losses(out_dir: Path) -> dict[int, float]:
 
 # ----------------------------------------------------------------- forked workers
 def preload() -> None:
-    """Import everything the workers need and load the shm-comm extension once, in the parent."""
+    """Import everything the workers need, once, in the parent."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
     import deepspeed  # noqa: F401
-    from deepspeed.comm.torch import build_shm_op
 
-    build_shm_op()
     import jest_ds.train.trainer  # noqa: F401
 
 
