@@ -2,12 +2,14 @@
 
 Numerics (shared by the dense oracle and the fast path so both see the same numbers):
 
-* off-diagonal dot products ``<img_i, txt_j>`` come from a matmul in ``score_dtype``
-  (float32 by default; bf16 embeddings are upcast first);
-* the positive-pair dot product ``<img_i, txt_i>`` is always a float64 row-wise dot
-  product (O(B d)), so the diagonal does not depend on matmul shapes;
-* everything after the dot product (scale, bias, log-sigmoid) runs in float64 and the
-  result is float64: the sampler sums thousands of these per candidate.
+* off-diagonal pairs run in the compute dtype ``ct = promote(score_dtype, float32)``
+  (float32 by default; bf16 embeddings are upcast first): the logits
+  ``t <img_i, txt_j> + beta`` come from ONE ``addmm`` (``alpha = t``, bias ``beta`` in ct),
+  and the element-wise loss (softplus) also runs in ct;
+* the positive pairs ``<img_i, txt_i>`` are float64 row-wise dot products (O(B d)) with
+  float64 scale, bias and log-sigmoid, so the diagonal does not depend on matmul shapes;
+* pair-loss matrices are returned as float64 (off-diagonal entries are ct values, exactly
+  upcast) and scores and all sums are float64: the sampler sums thousands per candidate.
 
 Embeddings are used as given (the model normalises them); nothing is re-normalised here.
 """
@@ -47,14 +49,50 @@ def scale_bias(log_scale: Scalar, bias: Scalar, device) -> tuple[torch.Tensor, t
     return torch.exp(_f64_scalar(log_scale, device)), _f64_scalar(bias, device)
 
 
+def compute_dtype(score_dtype: torch.dtype) -> torch.dtype:
+    """dtype of the off-diagonal matmul and element-wise loss (bf16/fp16 -> float32)."""
+    return torch.promote_types(score_dtype, torch.float32)
+
+
+def affine(log_scale: Scalar, bias: Scalar, device, ct: torch.dtype) -> tuple[float, torch.Tensor]:
+    """(t as a Python float for ``addmm(alpha=t)``, beta as a (1, 1) tensor in ``ct``)."""
+    t, beta = scale_bias(log_scale, bias, device)
+    return float(t), beta.to(ct).reshape(1, 1)
+
+
+def pair_logits(img_rows: torch.Tensor, txt_cols: torch.Tensor, t: float, beta: torch.Tensor,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """L[a, j] = t <img_a, txt_j> + beta in one addmm (inputs already in the compute dtype)."""
+    if out is None:
+        return torch.addmm(beta, img_rows, txt_cols.T, alpha=t)
+    return torch.addmm(beta, img_rows, txt_cols.T, alpha=t, out=out)
+
+
+def softplus_(x: torch.Tensor) -> torch.Tensor:
+    """In place: x <- log(1 + e^x), one kernel; returns x.
+
+    The threshold (x above it returns x) is where log1p(e^-x) is below half an ulp of x
+    (20 in float32, 40 in float64), so it is exact to rounding and never overflows.
+    """
+    threshold = 40.0 if x.dtype == torch.float64 else 20.0
+    return torch.ops.aten.softplus.out(x, 1.0, threshold, out=x)
+
+
 def diag_dots(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
     """Positive-pair dot products <img_i, txt_i> in float64, shape (B,)."""
     return (img.detach().to(torch.float64) * txt.detach().to(torch.float64)).sum(-1)
 
 
+def diag_logits(img: torch.Tensor, txt: torch.Tensor, log_scale: Scalar, bias: Scalar) -> torch.Tensor:
+    """Positive-pair logits t <img_i, txt_i> + beta, float64 (B,)."""
+    dots = diag_dots(img, txt)
+    t, beta = scale_bias(log_scale, bias, dots.device)
+    return t * dots + beta
+
+
 def cross_dots(img_rows: torch.Tensor, txt_cols: torch.Tensor, score_dtype=torch.float32) -> torch.Tensor:
     """<img_a, txt_j> for all a, j via one matmul in ``score_dtype``, returned in float64."""
-    dt = torch.promote_types(score_dtype, torch.float32)
+    dt = compute_dtype(score_dtype)
     return (img_rows.detach().to(dt) @ txt_cols.detach().to(dt).T).to(torch.float64)
 
 
@@ -79,25 +117,36 @@ def softmax_from_logits(l_ab: torch.Tensor, l_ba: torch.Tensor, l_aa: torch.Tens
     return torch.where(positive, torch.zeros_like(val), val)
 
 
-def _dense_logits(img, txt, log_scale, bias, score_dtype):
+def softmax_offdiag(l_ab: torch.Tensor, l_ba: torch.Tensor, l_aa: torch.Tensor) -> torch.Tensor:
+    """Off-diagonal softmax pair term (softplus(L_ab - L_aa) + softplus(L_ba - L_aa)) / 2 in the
+    logits' dtype; ``l_aa`` (already in that dtype) broadcasts against ``l_ab``."""
+    return 0.5 * (softplus_(l_ab - l_aa) + softplus_(l_ba - l_aa))
+
+
+def _check_pair(img, txt):
     if img.shape != txt.shape or img.dim() != 2:
         raise ValueError(f"img and txt must both be [B, d]; got {tuple(img.shape)} and {tuple(txt.shape)}")
-    dots = cross_dots(img, txt, score_dtype)
-    dots.diagonal().copy_(diag_dots(img, txt))
-    t, beta = scale_bias(log_scale, bias, img.device)
-    return t * dots + beta
+
+
+def _dense_logits(img, txt, log_scale, bias, score_dtype):
+    """Off-diagonal logits (B, B) in the compute dtype (the diagonal is replaced later)."""
+    _check_pair(img, txt)
+    ct = compute_dtype(score_dtype)
+    t, beta = affine(log_scale, bias, img.device, ct)
+    return pair_logits(img.detach().to(ct), txt.detach().to(ct), t, beta)
 
 
 def sigmoid_pair_nll(img: torch.Tensor, txt: torch.Tensor, log_scale: Scalar, bias: Scalar,
                      score_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Dense B x B SigLIP pair loss ``-log sigma(y_ij (exp(t') <img_i, txt_j> + beta))``, float64.
 
-    y_ij = +1 on the diagonal, -1 off it. Row sums restricted to a batch are the
-    per-example conditional losses of the spec. O(B^2) memory: oracle / small B only.
+    y_ij = +1 on the diagonal, -1 off it (there the loss is softplus(L_ij), computed in the
+    compute dtype). Row sums restricted to a batch are the per-example conditional losses
+    of the spec. O(B^2) memory: oracle / small B only.
     """
-    logits = _dense_logits(img, txt, log_scale, bias, score_dtype)
-    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-    return sigmoid_from_logits(logits, eye)
+    out = softplus_(_dense_logits(img, txt, log_scale, bias, score_dtype)).to(torch.float64)
+    out.diagonal().copy_(diag_nll(Embeddings(img, txt, log_scale, bias), "sigmoid"))
+    return out
 
 
 def softmax_pair_nll(img: torch.Tensor, txt: torch.Tensor, log_scale: Scalar, bias: Scalar,
@@ -111,10 +160,13 @@ def softmax_pair_nll(img: torch.Tensor, txt: torch.Tensor, log_scale: Scalar, bi
     Then ``sum_{j in 𝔅} nll_ij >= l_i``, with equality for |𝔅| = 2, and JEST's pair algebra
     applies unchanged. A singleton batch has zero softmax loss, so S_ii = 0 and the first
     chunk is drawn uniformly (only joint terms carry information). The bias cancels.
+    L_ij (i != j) is in the compute dtype, L_ii is the float64 positive logit cast to it.
     """
     logits = _dense_logits(img, txt, log_scale, bias, score_dtype)
-    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-    return softmax_from_logits(logits, logits.T, logits.diagonal()[:, None], eye)
+    l_aa = diag_logits(img, txt, log_scale, bias).to(logits.dtype)[:, None]
+    out = softmax_offdiag(logits, logits.T, l_aa).to(torch.float64)
+    out.diagonal().zero_()
+    return out
 
 
 def pair_nll(img, txt, log_scale, bias, loss: str = "sigmoid", score_dtype=torch.float32) -> torch.Tensor:
@@ -126,11 +178,32 @@ def pair_nll(img, txt, log_scale, bias, loss: str = "sigmoid", score_dtype=torch
 def diag_nll(emb: Embeddings, loss: str = "sigmoid") -> torch.Tensor:
     """Self-pair losses nll_ii in O(B d), float64 (== the dense matrix's diagonal)."""
     check_loss(loss)
-    dots = diag_dots(emb.img, emb.txt)
     if loss == "softmax":
-        return torch.zeros_like(dots)
-    t, beta = scale_bias(emb.log_scale, emb.bias, dots.device)
-    return sigmoid_from_logits(t * dots + beta, torch.ones_like(dots, dtype=torch.bool))
+        return torch.zeros(emb.img.shape[0], dtype=torch.float64, device=emb.img.device)
+    return -F.logsigmoid(diag_logits(emb.img, emb.txt, emb.log_scale, emb.bias))
+
+
+def nll_strips(cand_img: torch.Tensor, cand_txt: torch.Tensor, chunk_img: torch.Tensor,
+               chunk_txt: torch.Tensor, t: float, beta: torch.Tensor, loss: str = "sigmoid",
+               chunk_logit: Optional[torch.Tensor] = None, cand_logit: Optional[torch.Tensor] = None,
+               ) -> torch.Tensor:
+    """Off-diagonal pair losses between a chunk (r rows) and C candidates, (2, r, C) in the compute dtype.
+
+    [0, a, i] = nll(chunk_a -> cand_i) (the dense matrix's [chunk_a, i] entry), [1, a, i] =
+    nll(cand_i -> chunk_a) (its [i, chunk_a] entry); entries where chunk_a IS cand_i are not the
+    positive-pair loss (callers overwrite them). Embeddings, ``t``, ``beta`` as from ``affine``;
+    softmax needs the positive logits of the chunk (r,) and candidates (C,) in the compute dtype.
+    Same element-wise arithmetic as the dense functions.
+    """
+    r, c = chunk_img.shape[0], cand_img.shape[0]
+    logits = torch.empty((2, r, c), dtype=beta.dtype, device=beta.device)
+    pair_logits(chunk_img, cand_txt, t, beta, out=logits[0])
+    pair_logits(chunk_txt, cand_img, t, beta, out=logits[1])
+    if loss == "sigmoid":
+        return softplus_(logits)
+    rows = softmax_offdiag(logits[0], logits[1], chunk_logit[:, None])
+    cols = softmax_offdiag(logits[1], logits[0], cand_logit[None, :])
+    return torch.stack((rows, cols))
 
 
 def pair_nll_strips(cand: Embeddings, cand_diag: torch.Tensor, chunk_img: torch.Tensor,
@@ -143,14 +216,15 @@ def pair_nll_strips(cand: Embeddings, cand_diag: torch.Tensor, chunk_img: torch.
     cols[a, i] = nll(cand_i -> chunk_a), i.e. the dense matrix's [cand_i, chunk_a] entry.
     ``cand_diag`` / ``chunk_diag`` are float64 positive-pair dot products; ``positive`` is the
     (n, C) bool mask of identical examples. Same arithmetic as the dense functions.
+    (Reference helper; the sampler uses ``nll_strips`` and fixes the n positives by index.)
     """
-    d_r = torch.where(positive, chunk_diag[:, None], cross_dots(chunk_img, cand.txt, score_dtype))
-    d_c = torch.where(positive, chunk_diag[:, None], cross_dots(chunk_txt, cand.img, score_dtype))
-    t, beta = scale_bias(cand.log_scale, cand.bias, d_r.device)
-    l_r, l_c = t * d_r + beta, t * d_c + beta
-    if loss == "sigmoid":
-        return sigmoid_from_logits(l_r, positive), sigmoid_from_logits(l_c, positive)
-    l_chunk = (t * chunk_diag + beta)[:, None]
-    l_cand = (t * cand_diag + beta)[None, :]
-    return (softmax_from_logits(l_r, l_c, l_chunk, positive),
-            softmax_from_logits(l_c, l_r, l_cand, positive))
+    check_loss(loss)
+    ct = compute_dtype(score_dtype)
+    t, beta = affine(cand.log_scale, cand.bias, cand.img.device, ct)
+    t64, beta64 = scale_bias(cand.log_scale, cand.bias, cand.img.device)
+    conv = lambda x: x.detach().to(ct)
+    strips = nll_strips(conv(cand.img), conv(cand.txt), conv(chunk_img), conv(chunk_txt), t, beta, loss,
+                        (t64 * chunk_diag + beta64).to(ct), (t64 * cand_diag + beta64).to(ct)).to(torch.float64)
+    pos_val = (-F.logsigmoid(t64 * chunk_diag + beta64) if loss == "sigmoid"
+               else torch.zeros_like(chunk_diag))[:, None]
+    return torch.where(positive, pos_val, strips[0]), torch.where(positive, pos_val, strips[1])

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .pair_losses import Embeddings, check_loss, diag_dots, diag_nll, pair_nll_strips
+from .pair_losses import Embeddings, affine, check_loss, compute_dtype, diag_logits, diag_nll, nll_strips
 
 METHODS = ("learnability", "easy_reference", "hard_learner")
 
@@ -66,12 +66,32 @@ def batch_score(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return scores.index_select(0, idx).index_select(1, idx).to(torch.float64).sum()
 
 
+def _scores_into(out: torch.Tensor, learner_nll: Optional[torch.Tensor], reference_nll: Optional[torch.Tensor],
+                 method: str, gain: float) -> torch.Tensor:
+    """``score_matrix`` written into the float64 buffer ``out`` (inputs any float dtype, upcast exactly).
+
+    Same float64 operations in the same order as ``score_matrix`` on upcast inputs, so equal bits.
+    """
+    if method == "learnability":
+        out.copy_(learner_nll)
+        out.sub_(reference_nll.to(torch.float64))
+    elif method == "easy_reference":
+        out.copy_(reference_nll).neg_()
+    else:
+        out.copy_(learner_nll)
+    return out.mul_(gain)
+
+
 class ConditionalScorer:
     """Pair scores between a fixed candidate set and chosen chunks, from embeddings.
 
     Never builds the candidate x candidate matrix: ``update`` returns, for every candidate i,
     sum_{k in chunk} (S_ki + S_ik) from (rows x C) strips, ``chunk_rows`` rows at a time.
     ``gids`` are the candidates' global ids (a rank's slice in the distributed sampler).
+
+    Per strip: 2 addmm per model in the compute dtype (logits), one in-place softplus, the
+    score formula in float64, then the <= rows positive pairs (a chunk row against itself)
+    are set by index to S_ii. Candidates are converted to the compute dtype once.
     """
 
     def __init__(self, learner, reference, method="learnability", gain=1.0, loss="sigmoid",
@@ -79,24 +99,38 @@ class ConditionalScorer:
         check_loss(loss)
         learner, reference = _check_models(learner, reference, method)
         self.method, self.gain, self.loss, self.score_dtype = method, gain, loss, score_dtype
+        self.ct = compute_dtype(score_dtype)
         self.models = {name: self._prep(e) for name, e in (("learner", learner), ("reference", reference))
                        if e is not None}
-        self.cand_diag = {k: diag_dots(e.img, e.txt) for k, e in self.models.items()}
         first = next(iter(self.models.values()))
         self.num = first.img.shape[0]
         self.device = first.img.device
+        self.affine = {k: affine(e.log_scale, e.bias, self.device, self.ct) for k, e in self.models.items()}
+        self.cand_logit = {}
+        if loss == "softmax":  # positive logits (float64, then the compute dtype), for the softmax terms
+            self.cand_logit = {k: diag_logits(*e).to(self.ct) for k, e in self.models.items()}
         self.gids = torch.arange(self.num, device=self.device) if gids is None else gids.to(self.device)
+        # local column of a global id: offset for a contiguous range (the usual case), else a sorted lookup
+        g0 = int(self.gids[0]) if self.num else 0
+        contiguous = bool((self.gids == g0 + torch.arange(self.num, device=self.device)).all())
+        self._offset = g0 if contiguous else None
+        if not contiguous:
+            self._order = torch.argsort(self.gids)
+            self._sorted = self.gids[self._order]
+        self._diag = None
 
     def _prep(self, e: Embeddings) -> Embeddings:
         if e.img.dim() != 2 or e.img.shape != e.txt.shape:
             raise ValueError(f"img and txt must both be [B, d]; got {tuple(e.img.shape)} and {tuple(e.txt.shape)}")
-        dt = torch.promote_types(self.score_dtype, torch.float32)
-        return Embeddings(e.img.detach().to(dt), e.txt.detach().to(dt), e.log_scale, e.bias)
+        conv = lambda x: x.detach().to(self.ct).contiguous()
+        return Embeddings(conv(e.img), conv(e.txt), e.log_scale, e.bias)
 
     def diag(self) -> torch.Tensor:
-        """S_ii for all candidates, float64."""
-        nll = {k: diag_nll(e, self.loss) for k, e in self.models.items()}
-        return score_matrix(nll.get("learner"), nll.get("reference"), self.method, self.gain)
+        """S_ii for all candidates, float64 (computed once; do not modify)."""
+        if self._diag is None:
+            nll = {k: diag_nll(e, self.loss) for k, e in self.models.items()}
+            self._diag = score_matrix(nll.get("learner"), nll.get("reference"), self.method, self.gain)
+        return self._diag
 
     def take(self, local_idx: torch.Tensor) -> dict:
         """The embeddings of chosen local candidates, as ``update`` expects them."""
@@ -104,29 +138,55 @@ class ConditionalScorer:
         out["gids"] = self.gids[local_idx]
         return out
 
-    def strips(self, chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, cols) score strips (n, C): rows[a, i] = S[chunk_a, i], cols[a, i] = S[i, chunk_a]."""
-        positive = chunk["gids"][:, None] == self.gids[None, :]
-        nll_r, nll_c = {}, {}
+    def _positions(self, gids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local column, present here) for each chunk row's global id; the column is clamped."""
+        if self._offset is not None:
+            col = (gids - self._offset).clamp_(0, max(self.num - 1, 0))
+            return col, col + self._offset == gids
+        j = torch.searchsorted(self._sorted, gids).clamp_(max=max(self.num - 1, 0))
+        return self._order[j], self._sorted[j] == gids
+
+    def _strips(self, chunk: dict) -> torch.Tensor:
+        """Score strips (2, r, C) float64: [0] = S[chunk, :], [1] = S[:, chunk].T."""
+        nll = {}
         for k, e in self.models.items():
             img, txt = chunk[k]
-            nll_r[k], nll_c[k] = pair_nll_strips(
-                e, self.cand_diag[k], img, txt, diag_dots(img, txt), positive,
-                self.loss, self.score_dtype)
-        rows = score_matrix(nll_r.get("learner"), nll_r.get("reference"), self.method, self.gain)
-        cols = score_matrix(nll_c.get("learner"), nll_c.get("reference"), self.method, self.gain)
-        return rows, cols
+            chunk_logit = None
+            if self.loss == "softmax":
+                chunk_logit = diag_logits(img, txt, e.log_scale, e.bias).to(self.ct)
+            nll[k] = nll_strips(e.img, e.txt, img, txt, *self.affine[k], self.loss,
+                                chunk_logit, self.cand_logit.get(k))
+        first = next(iter(nll.values()))
+        out = torch.empty(first.shape, dtype=torch.float64, device=self.device)
+        _scores_into(out, nll.get("learner"), nll.get("reference"), self.method, self.gain)
+        # the positive pairs (chunk row a against itself, if it is one of these candidates): S_ii
+        col, here = self._positions(chunk["gids"])
+        row = torch.arange(col.shape[0], device=self.device)
+        out[:, row, col] = torch.where(here, self.diag()[col], out[:, row, col])
+        return out
+
+    def strips(self, chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) score strips (n, C): rows[a, i] = S[chunk_a, i], cols[a, i] = S[i, chunk_a]."""
+        out = self._strips(chunk)
+        return out[0], out[1]
 
     def update(self, chunk: dict, chunk_rows: Optional[int] = None) -> torch.Tensor:
-        """sum_{k in chunk} (S_ki + S_ik) for every candidate i, float64 (C,)."""
+        """sum_{k in chunk} (S_ki + S_ik) for every candidate i, float64 (C,).
+
+        Summed like the dense oracle (rows.sum(0) + cols.sum(0) over the whole chunk) when the
+        chunk fits in one strip; with smaller ``chunk_rows`` the pieces' sums are added.
+        """
         n = chunk["gids"].shape[0]
         step = n if chunk_rows is None else max(1, int(chunk_rows))
-        total = torch.zeros(self.num, dtype=torch.float64, device=self.device)
+        total = None
         for s in range(0, n, step):
             part = {k: (v[s:s + step] if k == "gids" else (v[0][s:s + step], v[1][s:s + step]))
                     for k, v in chunk.items()}
-            rows, cols = self.strips(part)
-            total = total + (rows.sum(0) + cols.sum(0))
+            out = self._strips(part)
+            piece = out[0].sum(0) + out[1].sum(0)
+            total = piece if total is None else total + piece
+        if total is None:
+            total = torch.zeros(self.num, dtype=torch.float64, device=self.device)
         return total
 
 

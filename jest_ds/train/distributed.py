@@ -55,8 +55,12 @@ def _skip_shm_comm() -> None:
     *inference* all-reduce uses it; with no op, that falls back to torch.distributed.all_reduce and
     training is unchanged. JEST_DS_SHM_COMM=1 keeps DeepSpeed's behaviour (then the buffers are
     unlinked right after init, see _unlink_shm_buffers)."""
+    import importlib
+
     try:
-        import deepspeed.comm.torch as ds_torch
+        # NOT `import deepspeed.comm.torch as m`: deepspeed.comm star-imports `torch`, so that
+        # attribute lookup returns the torch package itself and the patch would miss.
+        ds_torch = importlib.import_module("deepspeed.comm.torch")
     except ImportError:
         return
     if hasattr(ds_torch, "build_shm_op"):

@@ -1,0 +1,298 @@
+"""Training throughput of IID, JEST and Flexi-JEST steps, timed inside the project's own Trainer.
+
+For each method the tool builds `jest_ds.train.trainer.Trainer` (the real DeepSpeed engine, data
+loader and reference scorer) and drives the same loop body as `Trainer.run`: `next(batches)`, then
+`Trainer.train_step(batch)` UNCHANGED. Timing is added by instance-level wrappers (nothing in
+trainer.py is edited), each with `torch.cuda.synchronize()` before and after on CUDA:
+
+  data       next(batches)                       (tar read + PNG decode + tokenise, in-process)
+  score      Trainer.score                       (learner no-grad forward + reference cache lookup/forward)
+  select     Trainer.select                      (joint / independent sampler; 0 for IID)
+  forward    Trainer.forward_backward_step minus backward and optimizer:
+             engine(...) + global sigmoid loss + the loss all-reduce
+  backward   engine.backward                     (wrapped on the engine instance)
+  optimizer  engine.step                         (clip, AdamW, LR schedule, zero_grad)
+  other      the rest of train_step: take() of the chosen rows, FLOP ledger, selection metrics
+
+`Trainer.forward_backward_step` has no hooks between its three engine calls, so instead of
+re-implementing it the tool replaces `engine.backward` / `engine.step` on the engine INSTANCE by
+timed pass-throughs to the bound originals; forward is the remainder. What `Trainer.run` does
+besides the step (metrics file, eval, checkpoints) is not timed.
+
+    python tools/bench_train.py --methods iid,jest,flexi --steps 20 --warmup 3 \\
+        --reference runs/tiny_reference/export --reference-cache data/embedded/pool/reference_cache.safetensors
+    deepspeed --num_gpus 1 tools/bench_train.py ...   # or plain python on one GPU
+
+Samples/s counts TRAINED samples (the global selected batch b) per second. FLOPs are the ledger's
+analytic `step_flops` (global, all ranks); MFU = achieved FLOP/s / (peak per device × world size),
+the peak from --peak-flops or, on CUDA, `peak_flops_guess`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from jest_ds import flops as flop_model  # noqa: E402
+from jest_ds.config import apply_overrides, config_from_dict, load_config  # noqa: E402
+
+PHASES = ("data", "score", "select", "forward", "backward", "optimizer", "other")
+METHODS = {  # selection overrides per benchmarked method
+    "iid": {"method": "iid", "flexi": False},
+    "jest": {"method": "jest", "flexi": False},
+    "flexi": {"method": "jest", "flexi": True},
+    "independent": {"method": "independent", "flexi": False},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PhaseTimer:
+    """Accumulates seconds per phase for the current step; `wrap` makes a timed pass-through."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.current: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.current = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.current[phase] = self.current.get(phase, 0.0) + seconds
+
+    def wrap(self, phase: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            _sync(self.device)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(self.device)
+                self.add(phase, time.perf_counter() - t0)
+
+        timed.__wrapped__ = fn
+        return timed
+
+
+def method_config(base: dict[str, Any], method: str, args, out_dir: Path):
+    """The experiment config of one method: the base YAML + --set overrides + the method's selection."""
+    values = json.loads(json.dumps(base))  # deep copy
+    sel = values.setdefault("selection", {})
+    sel.update(METHODS[method])
+    if method != "iid":
+        if args.reference:
+            sel["reference"] = args.reference
+        if args.reference_cache:
+            values.setdefault("data", {})["reference_cache"] = args.reference_cache
+    train = values.setdefault("train", {})
+    train["out_dir"] = str(out_dir)
+    train["tensorboard"] = False
+    train["steps"] = max(int(train.get("steps", 1)), args.warmup + args.steps)
+    return config_from_dict(values)
+
+
+def bench_method(method: str, base: dict[str, Any], args) -> dict[str, Any]:
+    from jest_ds.train.trainer import Trainer
+
+    with tempfile.TemporaryDirectory(prefix=f"bench_train_{method}_") as tmp:
+        cfg = method_config(base, method, args, Path(tmp))
+        trainer = Trainer(cfg, show_progress=False)
+        dev = trainer.device
+        timer = PhaseTimer(dev)
+        # Timed pass-throughs on the INSTANCES: Trainer.train_step / forward_backward_step run unchanged.
+        trainer.score = timer.wrap("score", trainer.score)
+        trainer.select = timer.wrap("select", trainer.select)
+        trainer.forward_backward_step = timer.wrap("fb", trainer.forward_backward_step)
+        engine = trainer.engine
+        engine.backward = timer.wrap("backward", engine.backward)
+        engine.step = timer.wrap("optimizer", engine.step)
+
+        batches = trainer.batch_generator()
+        load_before = os.getloadavg()
+        steps: list[dict[str, float]] = []
+        losses: list[float] = []
+        try:
+            for i in range(args.warmup + args.steps):
+                timer.reset()
+                _sync(dev)
+                t0 = time.perf_counter()
+                batch = next(batches)
+                t1 = time.perf_counter()
+                record = trainer.train_step(batch)
+                _sync(dev)
+                t2 = time.perf_counter()
+                trainer.step += 1
+                if i < args.warmup:
+                    continue
+                c = timer.current
+                fb = c.get("fb", 0.0)
+                row = {"step": t2 - t0, "data": t1 - t0, "score": c.get("score", 0.0),
+                       "select": c.get("select", 0.0), "backward": c.get("backward", 0.0),
+                       "optimizer": c.get("optimizer", 0.0)}
+                row["forward"] = fb - row["backward"] - row["optimizer"]
+                row["other"] = (t2 - t1) - row["score"] - row["select"] - fb
+                steps.append(row)
+                losses.append(float(record["loss"]))
+            load_after = os.getloadavg()
+            flops = dict(trainer.flops_per_step)
+            b, B = cfg.train.batch_size, cfg.super_batch_size
+            world = trainer.world
+            device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+            peak = flop_model.peak_flops_guess(dev, args.peak_flops)
+            if dev.type == "cuda" and args.peak_flops is None and peak is None:
+                logging.warning("unknown GPU %r: pass --peak-flops for MFU", device_name)
+        finally:
+            trainer.metrics.close()  # not trainer.close(): a multi-rank group must survive until the last method
+            del trainer, engine
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    mean = {k: statistics.fmean(r[k] for r in steps) for k in ("step", *PHASES)}
+    step_s = mean["step"]
+    per_step = [r["step"] for r in steps]
+    achieved = flops["total"] / step_s if step_s > 0 else 0.0
+    peak_all = peak * world if peak else None
+    return {
+        "method": method, "config_name": cfg.name, "device": str(dev), "device_name": device_name,
+        "world_size": world, "batch_size": b, "super_batch_size": B, "precision": cfg.train.precision,
+        "zero_stage": cfg.train.zero_stage, "timed_steps": len(steps), "warmup_steps": args.warmup,
+        "samples_per_s": b / step_s if step_s > 0 else 0.0,
+        "candidates_per_s": B / step_s if step_s > 0 else 0.0,
+        "step_ms": step_s * 1e3, "step_ms_median": statistics.median(per_step) * 1e3,
+        "step_ms_std": (statistics.stdev(per_step) * 1e3) if len(per_step) > 1 else 0.0,
+        "phase_ms": {k: mean[k] * 1e3 for k in PHASES},
+        "flops_per_step": flops, "achieved_flops_per_s": achieved,
+        "peak_flops_per_device": peak, "mfu": flop_model.mfu(flops["total"], step_s, peak_all),
+        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        "loadavg_before": list(load_before), "loadavg_after": list(load_after),
+        "steps": steps,
+    }
+
+
+def _fmt_flops(x: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g}"
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    head = ["method", "samples/s", "step ms", *[f"{p} ms" for p in PHASES], "FLOPs/step", "FLOP/s", "MFU"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for r in results:
+        ph = r["phase_ms"]
+        mfu = f"{100 * r['mfu']:.2f}%" if r["mfu"] is not None else "n/a"
+        cells = [r["method"], f"{r['samples_per_s']:.1f}", f"{r['step_ms']:.1f}",
+                 *[f"{ph[p]:.1f}" for p in PHASES], _fmt_flops(r["flops_per_step"]["total"]),
+                 _fmt_flops(r["achieved_flops_per_s"]) + "/s", mfu]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Step time and ledger FLOPs of every method relative to IID measured in the same run."""
+    by = {r["method"]: r for r in results}
+    if "iid" not in by:
+        return {}
+    iid = by["iid"]
+    return {m: {"step_time": r["step_ms"] / iid["step_ms"],
+                "ledger_flops": r["flops_per_step"]["total"] / iid["flops_per_step"]["total"]}
+            for m, r in by.items() if m != "iid"}
+
+
+def machine_info() -> dict[str, Any]:
+    import deepspeed
+
+    info = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(), "loadavg": list(os.getloadavg())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="launch/configs/tiny_iid.yaml", help="experiment YAML (the base config)")
+    p.add_argument("--set", action="append", default=[], metavar="K=V", help="config override, repeatable")
+    p.add_argument("--methods", default="iid,jest,flexi", help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per method")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (shuffle buffer fill, allocator)")
+    p.add_argument("--reference", default="", help="exported reference dir (jest / flexi / independent)")
+    p.add_argument("--reference-cache", default="", help="reference cache .safetensors for the training shards")
+    p.add_argument("--peak-flops", type=float, default=None,
+                   help="peak FLOP/s PER DEVICE for MFU (default on CUDA: peak_flops_guess; CPU: none)")
+    p.add_argument("--out", default="", help="write the results as JSON here")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # `deepspeed` launcher
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.method_list if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {unknown} (known: {list(METHODS)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("DeepSpeed", "deepspeed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import yaml
+
+    base = yaml.safe_load(Path(args.config).read_text()) or {}
+    base = apply_overrides(base, args.set)
+    load_config(args.config, args.set)  # validate the base config once, with its own error messages
+    for m in args.method_list:
+        if m != "iid" and not (args.reference or base.get("selection", {}).get("reference")):
+            raise SystemExit(f"--methods {m} needs --reference (and --reference-cache for the cached mode)")
+
+    info = machine_info()
+    results = [bench_method(m, base, args) for m in args.method_list]
+    info["loadavg_end"] = list(os.getloadavg())
+    rank = int(os.environ.get("RANK", 0))
+    report = {"machine": info, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "config": args.config, "overrides": args.set, "results": results, "ratio_to_iid": ratios(results)}
+    if rank == 0:
+        r0 = results[0]
+        print(f"\n{r0['config_name']}: b = {r0['batch_size']}, world {r0['world_size']}, {r0['device_name']} "
+              f"({info['cpu_count']} CPUs, torch threads {info['torch_threads']}), {args.steps} timed steps after "
+              f"{args.warmup} warm-up; load average {' '.join(f'{x:.2f}' for x in info['loadavg'])} (start) / "
+              f"{' '.join(f'{x:.2f}' for x in info['loadavg_end'])} (end)\n")
+        print(markdown_table(results))
+        for m, r in report["ratio_to_iid"].items():
+            print(f"\n{m} / iid step time: {r['step_time']:.2f}x (ledger FLOPs: {r['ledger_flops']:.2f}x)", end="")
+        print()
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        from jest_ds.train.distributed import shutdown
+
+        shutdown()
