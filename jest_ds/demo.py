@@ -39,6 +39,9 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter-ratio", type=float, default=None, help="override selection.filter_ratio")
     p.add_argument("--scale", choices=["cpu", "gpu"], default="cpu", help="gpu: larger model and batch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", default="", help="reuse an exported reference instead of training one")
+    p.add_argument("--reference-cache", default="", help="its pool cache (default: <out>/reference_cache.safetensors)")
+    p.add_argument("--tag", default="", help="suffix for the run directories (e.g. _f0.5)")
     p.add_argument("--force", action="store_true", help="re-run stages whose outputs exist")
 
 
@@ -69,11 +72,11 @@ def run_demo(args: argparse.Namespace) -> int:
     if not (root / "manifest.json").is_file():
         _run([py, "-m", "jest_ds.cli", "data", "build", "--root", str(root), "--seed", str(args.seed)])
 
-    ref_dir = out / "reference"
-    ref_export = ref_dir / "export"
-    if args.force or not (ref_export / "model.safetensors").is_file():
+    ref_dir = Path(args.reference).parent if args.reference else out / "reference"
+    ref_export = Path(args.reference) if args.reference else ref_dir / "export"
+    if not args.reference and (args.force or not (ref_export / "model.safetensors").is_file()):
         _run(_train_cmd(CONFIGS / "tiny_reference.yaml", ref_dir, args.reference_steps, args, []))
-    cache = out / "reference_cache.safetensors"
+    cache = Path(args.reference_cache) if args.reference_cache else out / "reference_cache.safetensors"
     if args.force or not cache.is_file():
         _run([py, "-m", "jest_ds.cli", "cache-ref", "--reference", str(ref_export), "--data-root", str(root),
               "--part", "pool", "--out", str(cache)])
@@ -82,7 +85,7 @@ def run_demo(args: argparse.Namespace) -> int:
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         if name not in RUNS:
             raise SystemExit(f"demo: unknown method {name!r} in --methods (known: {sorted(RUNS)})")
-        run_dir = out / name
+        run_dir = out / f"{name}{args.tag}"
         extra = []
         if name != "iid":
             extra = [f"selection.reference={ref_export}", f"data.reference_cache={cache}"]

@@ -9,7 +9,7 @@ from synthetic_data import tiny_config
 from jest_ds.config import config_from_dict
 from jest_ds.data.reference_cache import build_cache
 from jest_ds.data.tokenizer import CaptionTokenizer
-from jest_ds.train.trainer import train
+from jest_ds.train.trainer import Trainer
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_train.py"
 
@@ -23,11 +23,13 @@ def bench():
 
 
 def test_bench_train_iid_jest_flexi(bench, synthetic_root, tmp_path, capsys):
-    # a 2-step reference is enough to exercise the cached-reference path (timing, not quality)
+    # an untrained, exported reference exercises the cached-reference path (timing, not quality)
     ref_dir = tmp_path / "ref"
     ref_cfg = tiny_config(synthetic_root, ref_dir, data={"root": str(synthetic_root), "train_part": "curated"},
-                          train={"steps": 2, "eval_every": 0, "tensorboard": False})
-    train(config_from_dict(ref_cfg), show_progress=False)
+                          train={"tensorboard": False})
+    trainer = Trainer(config_from_dict(ref_cfg), show_progress=False)
+    trainer.export()
+    trainer.metrics.close()
     cache = tmp_path / "pool_cache.safetensors"
     build_cache(ref_dir / "export", synthetic_root / "pool", cache,
                 CaptionTokenizer.from_file(synthetic_root / "tokenizer.json"), progress=False)
@@ -51,7 +53,8 @@ def test_bench_train_iid_jest_flexi(bench, synthetic_root, tmp_path, capsys):
         assert abs(sum(ph.values()) - r["step_ms"]) < 1e-6 * max(1.0, r["step_ms"])  # phases add up
         assert r["mfu"] is not None and 0 < r["mfu"] < 1
         assert r["achieved_flops_per_s"] == pytest.approx(r["flops_per_step"]["total"] / (r["step_ms"] / 1e3))
-    assert results["iid"]["phase_ms"]["score"] == 0 and results["iid"]["super_batch_size"] == 32
+    # IID: score/select return at once (only the wrapper's call is timed)
+    assert results["iid"]["phase_ms"]["score"] < 5 and results["iid"]["super_batch_size"] == 32
     assert results["jest"]["phase_ms"]["score"] > 0 and results["jest"]["phase_ms"]["select"] > 0
     assert results["jest"]["super_batch_size"] == 128
     # Flexi scores at the coarse patch and trains half at it: fewer ledger FLOPs than JEST, more than IID
@@ -69,4 +72,5 @@ def test_bench_train_rejects_selection_without_reference(bench, synthetic_root, 
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(tiny_config(synthetic_root, tmp_path / "unused")))
     with pytest.raises(SystemExit):
-        bench.main(["--config", str(config), "--methods", "iid,jest", "--steps", "1"])
+        bench.main(["--config", str(config), "--methods", "iid,jest", "--steps", "1",
+                    "--reference", str(tmp_path / "missing")])

@@ -68,10 +68,11 @@ def test_flexi_and_independent_and_uncached_reference_run(synthetic_root, refere
     export, cache = reference
     base = {"reference": str(export), "filter_ratio": 0.75, "n_chunks": 4, "gain": 10.0}
     for name, extra in {"flexi": {"method": "jest", "flexi": True},
+                        "flexi_zero3": {"method": "jest", "flexi": True},
                         "independent": {"method": "independent"},
                         "uncached": {"method": "jest", "reference_mode": "forward"}}.items():
         cfg = tiny_config(synthetic_root, tmp_path / name, selection={**base, **extra},
-                          train={"steps": 3, "eval_every": 0},
+                          train={"steps": 3, "eval_every": 0, "zero_stage": 3 if name.endswith("zero3") else 2},
                           data={"root": str(synthetic_root), "reference_cache": str(cache)})
         train(config_from_dict(cfg), show_progress=False)
         last = read_metrics(tmp_path / name)[-1]

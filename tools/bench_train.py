@@ -97,8 +97,7 @@ def method_config(base: dict[str, Any], method: str, args, out_dir: Path):
     sel = values.setdefault("selection", {})
     sel.update(METHODS[method])
     if method != "iid":
-        if args.reference:
-            sel["reference"] = args.reference
+        sel["reference"] = args.reference
         if args.reference_cache:
             values.setdefault("data", {})["reference_cache"] = args.reference_cache
     train = values.setdefault("train", {})
@@ -237,8 +236,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="iid,jest,flexi", help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--steps", type=int, default=20, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (shuffle buffer fill, allocator)")
-    p.add_argument("--reference", default="", help="exported reference dir (jest / flexi / independent)")
-    p.add_argument("--reference-cache", default="", help="reference cache .safetensors for the training shards")
+    p.add_argument("--reference", default="runs/tiny_reference/export",
+                   help="exported reference dir for jest / flexi / independent (default: %(default)s)")
+    p.add_argument("--reference-cache", default="",
+                   help="reference cache .safetensors of the training shards (default: the config's "
+                        "data.reference_cache, else <train shards>/reference_cache.safetensors as cache-ref writes)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="peak FLOP/s PER DEVICE for MFU (default on CUDA: peak_flops_guess; CPU: none)")
     p.add_argument("--out", default="", help="write the results as JSON here")
@@ -263,15 +265,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = yaml.safe_load(Path(args.config).read_text()) or {}
     base = apply_overrides(base, args.set)
     load_config(args.config, args.set)  # validate the base config once, with its own error messages
-    for m in args.method_list:
-        if m != "iid" and not (args.reference or base.get("selection", {}).get("reference")):
-            raise SystemExit(f"--methods {m} needs --reference (and --reference-cache for the cached mode)")
+    selecting = [m for m in args.method_list if m != "iid"]
+    if selecting and not Path(args.reference).is_dir():
+        raise SystemExit(f"--methods {','.join(selecting)} needs a reference: {args.reference!r} is not a directory "
+                         "(train one and `jest-ds cache-ref` it, see docs/benchmarks.md; or --methods iid)")
 
     info = machine_info()
-    results = [bench_method(m, base, args) for m in args.method_list]
-    info["loadavg_end"] = list(os.getloadavg())
     rank = int(os.environ.get("RANK", 0))
-    report = {"machine": info, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    results = []
+    for m in args.method_list:
+        results.append(bench_method(m, base, args))
+        if rank == 0:
+            r = results[-1]
+            print(f"[bench_train] {m}: {r['step_ms']:.1f} ms/step, {r['samples_per_s']:.1f} samples/s",
+                  file=sys.stderr, flush=True)
+    info["loadavg_end"] = list(os.getloadavg())
+    argv_used = sys.argv[1:] if argv is None else argv
+    report = {"machine": info, "command": " ".join(["tools/bench_train.py", *argv_used]),
               "config": args.config, "overrides": args.set, "results": results, "ratio_to_iid": ratios(results)}
     if rank == 0:
         r0 = results[0]

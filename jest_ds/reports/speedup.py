@@ -36,7 +36,7 @@ def load_curve(run_dir: str | Path, metric: str = "eval/score") -> Curve:
     method = sel.get("method", "?")
     if method != "iid":
         method = f"{'flexi-' if sel.get('flexi') else ''}{method} f={sel.get('filter_ratio')}"
-    return Curve(name=cfg.get("name", run.name), steps=[r["step"] for r in rows], scores=[r[metric] for r in rows],
+    return Curve(name=run.name, steps=[r["step"] for r in rows], scores=[r[metric] for r in rows],
                  flops=[r.get("flops/total", float("nan")) for r in rows],
                  batch_size=cfg.get("train", {}).get("batch_size", 0), method=method)
 

@@ -253,7 +253,7 @@ class Trainer:
         if len(totals) > 4:
             out["sel/learnability_chosen"] = totals[4] / max(totals[1], 1)
             out["sel/learnability_all"] = totals[5] / max(totals[3], 1)
-        groups = Counter(m.get("source", "?").split(":")[0] for m, c in zip(batch.meta, chosen_mask.tolist()) if c)
+        groups = Counter(m.get("source", "?") for m, c in zip(batch.meta, chosen_mask.tolist()) if c)
         for name, count in groups.items():
             out[f"sel/source_share/{name}"] = count / max(int(chosen_mask.sum()), 1)  # this rank's view
         return out
