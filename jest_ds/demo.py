@@ -31,7 +31,7 @@ GPU_OVERRIDES = ["model.image_size=64", "model.patch_size=8", "model.coarse_patc
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="where runs, the reference and the report go")
     p.add_argument("--data-root", default="data/embedded")
-    p.add_argument("--steps", type=int, default=600, help="iterations of every pool run (same for all methods)")
+    p.add_argument("--steps", type=int, default=400, help="iterations of every pool run (same for all methods)")
     p.add_argument("--reference-steps", type=int, default=600)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--methods", default="iid,jest,flexi", help=f"comma list from {sorted(RUNS)}")

@@ -14,7 +14,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-    sed -n '2,15p' "$0" >&2
+    awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0" >&2
     exit 2
 fi
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

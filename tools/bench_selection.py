@@ -1,8 +1,10 @@
 """Benchmark the fast joint sampler against the dense oracle (time and peak memory).
 
 CPU: each measurement runs in a fresh process; peak memory = peak RSS minus RSS after the
-inputs were built. CUDA: torch.cuda.max_memory_allocated above the inputs.
-    python tools/bench_selection.py --sizes 4096 16384 [--out bench.json]
+inputs were built. CUDA: torch.cuda.max_memory_allocated above the inputs. ``--threads`` (default 1,
+the sampler's own CPU cap ``joint_sampler.CPU_THREADS``) applies to the fast path, the oracle and
+the matmul-rate measurement alike.
+    python tools/bench_selection.py --sizes 4096 16384 [--threads 1] [--out bench.json]
     python tools/bench_selection.py --device cuda --paper-size
 """
 from __future__ import annotations
@@ -37,7 +39,9 @@ def make(B, d, dtype, device, seed=0):
     return emb(), emb()
 
 
-def run_once(kind, B, b, d, n_chunks, dtype, device):
+def run_once(kind, B, b, d, n_chunks, dtype, device, threads=None):
+    if threads:
+        torch.set_num_threads(threads)
     lrn, ref = make(B, d, dtype, device)
     gen = torch.Generator(device=device).manual_seed(1)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -67,12 +71,12 @@ def _child(q, *args):
     q.put(run_once(*args))
 
 
-def measure(kind, B, b, d, n_chunks, dtype, device):
+def measure(kind, B, b, d, n_chunks, dtype, device, threads=None):
     if device == "cuda":
         return run_once(kind, B, b, d, n_chunks, dtype, device)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(q, kind, B, b, d, n_chunks, dtype, device))
+    p = ctx.Process(target=_child, args=(q, kind, B, b, d, n_chunks, dtype, device, threads))
     p.start()
     res = q.get()
     p.join()
@@ -102,8 +106,12 @@ def main(argv=None):
     ap.add_argument("--paper-size", action="store_true", help="B=327,680, b=32,768, d=768, bf16")
     ap.add_argument("--oracle-cap-gib", type=float, default=8.0,
                     help="skip the oracle when ~6 B^2 float64 (its dense matrices) exceed this")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU intra-op threads for every measurement (0: torch's default)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    if a.device == "cpu" and a.threads:
+        torch.set_num_threads(a.threads)
     dtype = getattr(torch, a.dtype)
     jobs = [(s, (s // 5) // a.n_chunks * a.n_chunks, a.d) for s in a.sizes]
     if a.paper_size:
@@ -111,14 +119,14 @@ def main(argv=None):
     rate = matmul_rate(a.device, torch.float32)
     rows = []
     for B, b, d in jobs:
-        fast = measure("fast", B, b, d, a.n_chunks, dtype, a.device)
+        fast = measure("fast", B, b, d, a.n_chunks, dtype, a.device, a.threads)
         floor = 4 * B * b * d * 2 / rate
         row = {"B": B, "b": b, "d": d, "fast_s": fast["seconds"], "fast_peak_MiB": fast["peak_bytes"] / 2**20,
                "floor_s": floor, "fast_over_floor": fast["seconds"] / floor}
         if 6 * B * B * 8 > a.oracle_cap_gib * 2**30:
             row["oracle"] = f"skipped (~{6 * B * B * 8 / 2**30:.0f} GiB > cap {a.oracle_cap_gib:g} GiB)"
         else:
-            orc = measure("oracle", B, b, d, a.n_chunks, dtype, a.device)
+            orc = measure("oracle", B, b, d, a.n_chunks, dtype, a.device, a.threads)
             row.update(oracle_s=orc["seconds"], oracle_peak_MiB=orc["peak_bytes"] / 2**20,
                        oracle_over_fast=orc["seconds"] / fast["seconds"])
         rows.append(row)

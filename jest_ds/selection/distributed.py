@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .joint_sampler import _STRIP_ELEMENTS, _eligible, gumbel_noise, gumbel_topk, plan_draws
+from .joint_sampler import _STRIP_ELEMENTS, _eligible, cpu_threads, gumbel_noise, gumbel_topk, plan_draws
 from .pair_losses import Embeddings, check_loss
 from .scores import ConditionalScorer
 
@@ -47,8 +47,18 @@ def distributed_joint_sample(local_learner: Optional[Embeddings], local_referenc
                              quota: bool = True, group=None, local_mask: Optional[torch.Tensor] = None,
                              loss: str = "sigmoid", score_dtype: torch.dtype = torch.float32,
                              chunk_rows: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint sampling over a super-batch split across ranks; see the module docstring."""
+    """Joint sampling over a super-batch split across ranks; see the module docstring.
+
+    On CPU it runs with at most ``joint_sampler.CPU_THREADS`` intra-op threads."""
     check_loss(loss)
+    probe = local_learner if local_learner is not None else local_reference
+    with cpu_threads(probe.img.device):
+        return _distributed_joint_sample(local_learner, local_reference, batch_size, n_chunks, method, gain,
+                                         generator, quota, group, local_mask, loss, score_dtype, chunk_rows)
+
+
+def _distributed_joint_sample(local_learner, local_reference, batch_size, n_chunks, method, gain, generator,
+                              quota, group, local_mask, loss, score_dtype, chunk_rows):
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     probe = local_learner if local_learner is not None else local_reference
     n_local = probe.img.shape[0]

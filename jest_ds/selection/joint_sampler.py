@@ -13,6 +13,7 @@ and adds only the new chunk's rows and columns, computed from embeddings on the 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -21,6 +22,27 @@ from .pair_losses import Embeddings, check_loss
 from .scores import ConditionalScorer
 
 _STRIP_ELEMENTS = 1 << 24  # default cap on a (rows x B) strip, float64 elements
+
+# Intra-op threads for the fast path on CPU (None: leave the caller's setting). Its many small
+# ops (per chunk: 4 addmm, softplus, float64 sums) barely scale with threads, and on a shared
+# machine an OpenMP/MKL barrier waiting on a descheduled thread made every op several times
+# slower: measured here (2 cores, load ~8) 1 thread beat 2 at B = 640 ... 16,384.
+CPU_THREADS: Optional[int] = 1
+
+
+@contextlib.contextmanager
+def cpu_threads(device):
+    """Run the block with at most ``CPU_THREADS`` intra-op threads when ``device`` is the CPU
+    (restored afterwards; process-wide while it runs)."""
+    cap, old = CPU_THREADS, torch.get_num_threads()
+    if cap is None or torch.device(device).type != "cpu" or old <= cap:
+        yield
+        return
+    torch.set_num_threads(cap)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def gumbel_noise(n: int, generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
@@ -123,9 +145,12 @@ def joint_sample(learner: Optional[Embeddings], reference: Optional[Embeddings],
     Returns the same indices as ``joint_sample_from_scores(score_matrix(pair_nll(...)))`` for
     the same generator state (see docs/selection.md for the exactness contract).
     ``chunk_rows`` caps rows per strip (default: a strip holds at most 2^24 float64s).
+    On CPU it runs with at most ``CPU_THREADS`` intra-op threads (see above).
     """
     check_loss(loss)
-    scorer = ConditionalScorer(learner, reference, method, gain, loss, score_dtype)
-    rows = chunk_rows if chunk_rows is not None else max(1, _STRIP_ELEMENTS // scorer.num)
-    update = lambda pick: scorer.update(scorer.take(pick), rows)
-    return chunked_sample(scorer.diag(), update, batch_size, n_chunks, generator, mask, quota)
+    probe = learner if learner is not None else reference
+    with cpu_threads(probe.img.device if probe is not None else "cpu"):
+        scorer = ConditionalScorer(learner, reference, method, gain, loss, score_dtype)
+        rows = chunk_rows if chunk_rows is not None else max(1, _STRIP_ELEMENTS // scorer.num)
+        update = lambda pick: scorer.update(scorer.take(pick), rows)
+        return chunked_sample(scorer.diag(), update, batch_size, n_chunks, generator, mask, quota)

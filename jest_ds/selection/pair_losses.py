@@ -4,7 +4,7 @@ Numerics (shared by the dense oracle and the fast path so both see the same numb
 
 * off-diagonal pairs run in the compute dtype ``ct = promote(score_dtype, float32)``
   (float32 by default; bf16 embeddings are upcast first): the logits
-  ``t <img_i, txt_j> + beta`` come from ONE ``addmm`` (``alpha = t``, bias ``beta`` in ct),
+  ``t <img_i, txt_j> + beta`` come from ONE matmul, then ``mul_(t).add_(beta)`` in ct,
   and the element-wise loss (softplus) also runs in ct;
 * the positive pairs ``<img_i, txt_i>`` are float64 row-wise dot products (O(B d)) with
   float64 scale, bias and log-sigmoid, so the diagonal does not depend on matmul shapes;
@@ -55,17 +55,17 @@ def compute_dtype(score_dtype: torch.dtype) -> torch.dtype:
 
 
 def affine(log_scale: Scalar, bias: Scalar, device, ct: torch.dtype) -> tuple[float, torch.Tensor]:
-    """(t as a Python float for ``addmm(alpha=t)``, beta as a (1, 1) tensor in ``ct``)."""
+    """(t as a Python float, beta as a (1, 1) tensor in ``ct``) for ``pair_logits``."""
     t, beta = scale_bias(log_scale, bias, device)
     return float(t), beta.to(ct).reshape(1, 1)
 
 
 def pair_logits(img_rows: torch.Tensor, txt_cols: torch.Tensor, t: float, beta: torch.Tensor,
                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """L[a, j] = t <img_a, txt_j> + beta in one addmm (inputs already in the compute dtype)."""
-    if out is None:
-        return torch.addmm(beta, img_rows, txt_cols.T, alpha=t)
-    return torch.addmm(beta, img_rows, txt_cols.T, alpha=t, out=out)
+    """L[a, j] = t <img_a, txt_j> + beta: one matmul, then an in-place multiply and add in the compute
+    dtype (inputs already in it). Not a fused addmm: BLAS applies alpha/beta differently per layout."""
+    dots = torch.mm(img_rows, txt_cols.T) if out is None else torch.mm(img_rows, txt_cols.T, out=out)
+    return dots.mul_(t).add_(beta)
 
 
 def softplus_(x: torch.Tensor) -> torch.Tensor:
@@ -186,17 +186,18 @@ def diag_nll(emb: Embeddings, loss: str = "sigmoid") -> torch.Tensor:
 def nll_strips(cand_img: torch.Tensor, cand_txt: torch.Tensor, chunk_img: torch.Tensor,
                chunk_txt: torch.Tensor, t: float, beta: torch.Tensor, loss: str = "sigmoid",
                chunk_logit: Optional[torch.Tensor] = None, cand_logit: Optional[torch.Tensor] = None,
-               ) -> torch.Tensor:
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Off-diagonal pair losses between a chunk (r rows) and C candidates, (2, r, C) in the compute dtype.
 
     [0, a, i] = nll(chunk_a -> cand_i) (the dense matrix's [chunk_a, i] entry), [1, a, i] =
     nll(cand_i -> chunk_a) (its [i, chunk_a] entry); entries where chunk_a IS cand_i are not the
     positive-pair loss (callers overwrite them). Embeddings, ``t``, ``beta`` as from ``affine``;
     softmax needs the positive logits of the chunk (r,) and candidates (C,) in the compute dtype.
-    Same element-wise arithmetic as the dense functions.
+    Same element-wise arithmetic as the dense functions. ``out``: optional (2, r, C) work buffer
+    in the compute dtype (the sigmoid result is written into it).
     """
     r, c = chunk_img.shape[0], cand_img.shape[0]
-    logits = torch.empty((2, r, c), dtype=beta.dtype, device=beta.device)
+    logits = torch.empty((2, r, c), dtype=beta.dtype, device=beta.device) if out is None else out
     pair_logits(chunk_img, cand_txt, t, beta, out=logits[0])
     pair_logits(chunk_txt, cand_img, t, beta, out=logits[1])
     if loss == "sigmoid":

@@ -67,14 +67,14 @@ def batch_score(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 
 def _scores_into(out: torch.Tensor, learner_nll: Optional[torch.Tensor], reference_nll: Optional[torch.Tensor],
-                 method: str, gain: float) -> torch.Tensor:
+                 method: str, gain: float, tmp: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``score_matrix`` written into the float64 buffer ``out`` (inputs any float dtype, upcast exactly).
 
     Same float64 operations in the same order as ``score_matrix`` on upcast inputs, so equal bits.
     """
     if method == "learnability":
         out.copy_(learner_nll)
-        out.sub_(reference_nll.to(torch.float64))
+        out.sub_(reference_nll.to(torch.float64) if tmp is None else tmp.copy_(reference_nll))
     elif method == "easy_reference":
         out.copy_(reference_nll).neg_()
     else:
@@ -118,6 +118,7 @@ class ConditionalScorer:
             self._order = torch.argsort(self.gids)
             self._sorted = self.gids[self._order]
         self._diag = None
+        self._work = {}  # reusable strip buffers for ``update`` (fresh large allocations page-fault)
 
     def _prep(self, e: Embeddings) -> Embeddings:
         if e.img.dim() != 2 or e.img.shape != e.txt.shape:
@@ -146,19 +147,33 @@ class ConditionalScorer:
         j = torch.searchsorted(self._sorted, gids).clamp_(max=max(self.num - 1, 0))
         return self._order[j], self._sorted[j] == gids
 
-    def _strips(self, chunk: dict) -> torch.Tensor:
-        """Score strips (2, r, C) float64: [0] = S[chunk, :], [1] = S[:, chunk].T."""
+    def _buffer(self, name: str, shape: tuple, dtype: torch.dtype, reuse: bool) -> Optional[torch.Tensor]:
+        if not reuse:
+            return None
+        buf = self._work.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._work[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        return buf
+
+    def _strips(self, chunk: dict, reuse: bool = False) -> torch.Tensor:
+        """Score strips (2, r, C) float64: [0] = S[chunk, :], [1] = S[:, chunk].T.
+
+        ``reuse``: compute in the scorer's work buffers (the result is overwritten by the next call).
+        """
         nll = {}
+        shape = (2, chunk["gids"].shape[0], self.num)
         for k, e in self.models.items():
             img, txt = chunk[k]
             chunk_logit = None
             if self.loss == "softmax":
                 chunk_logit = diag_logits(img, txt, e.log_scale, e.bias).to(self.ct)
             nll[k] = nll_strips(e.img, e.txt, img, txt, *self.affine[k], self.loss,
-                                chunk_logit, self.cand_logit.get(k))
-        first = next(iter(nll.values()))
-        out = torch.empty(first.shape, dtype=torch.float64, device=self.device)
-        _scores_into(out, nll.get("learner"), nll.get("reference"), self.method, self.gain)
+                                chunk_logit, self.cand_logit.get(k), self._buffer(k, shape, self.ct, reuse))
+        out = self._buffer("scores", shape, torch.float64, reuse)
+        if out is None:
+            out = torch.empty(shape, dtype=torch.float64, device=self.device)
+        tmp = self._buffer("tmp", shape, torch.float64, reuse and self.method == "learnability")
+        _scores_into(out, nll.get("learner"), nll.get("reference"), self.method, self.gain, tmp)
         # the positive pairs (chunk row a against itself, if it is one of these candidates): S_ii
         col, here = self._positions(chunk["gids"])
         row = torch.arange(col.shape[0], device=self.device)
@@ -182,7 +197,7 @@ class ConditionalScorer:
         for s in range(0, n, step):
             part = {k: (v[s:s + step] if k == "gids" else (v[0][s:s + step], v[1][s:s + step]))
                     for k, v in chunk.items()}
-            out = self._strips(part)
+            out = self._strips(part, reuse=True)
             piece = out[0].sum(0) + out[1].sum(0)
             total = piece if total is None else total + piece
         if total is None:

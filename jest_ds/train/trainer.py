@@ -45,6 +45,11 @@ from jest_ds.train.reference import ReferenceScorer
 
 log = logging.getLogger("jest_ds.train")
 
+# JEST_DS_LOG_SELECTED=1: each rank appends {"step", "rank", "world", "candidates", "selected", "loss"}
+# per step to <out_dir>/selected_keys_rank<r>.jsonl (tests compare selections across world sizes
+# and across a kill + resume; a resumed run appends, the last record of a step wins).
+SELECTED_KEYS_ENV = "JEST_DS_LOG_SELECTED"
+
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -114,6 +119,10 @@ class Trainer:
         self.data_position = (0, 0)
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
+        self.selected_log = None
+        if os.environ.get(SELECTED_KEYS_ENV) == "1":
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.selected_log = open(self.out_dir / f"selected_keys_rank{self.rank}.jsonl", "a")
         ckpt = checkpoint.resolve(resume, self.ckpt_root)
         if ckpt is not None:
             self._restore(ckpt)
@@ -235,6 +244,11 @@ class Trainer:
         record = {"loss": loss, "lr": self.engine.get_lr()[0], "time/score_s": t1 - t0, "time/select_s": t2 - t1,
                   "time/train_s": t3 - t2, "nonfinite_steps": self.nonfinite_total}
         record.update(self.selection_metrics(batch, local, learner, reference))
+        if self.selected_log is not None:
+            self.selected_log.write(json.dumps({
+                "step": self.step + 1, "rank": self.rank, "world": self.world, "candidates": batch.keys,
+                "selected": chosen.keys, "loss": loss}) + "\n")
+            self.selected_log.flush()
         return record
 
     def selection_metrics(self, batch: Batch, local: torch.Tensor, learner, reference) -> dict[str, float]:
@@ -325,6 +339,8 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics.close()
+        if self.selected_log is not None:
+            self.selected_log.close()
         shutdown()
 
 

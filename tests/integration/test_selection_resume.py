@@ -102,7 +102,7 @@ def test_two_rank_selection_equals_quota_rule_on_global_super_batch(uninterrupte
 
 def test_one_rank_reads_the_same_global_super_batch(jest_config, uninterrupted, tmp_path):
     cfg2, out2 = uninterrupted
-    steps = 3
+    steps = 2
     cfg1 = jest_config(str(tmp_path / "one"), steps=steps, zero_stage=1)
     t = H.run_workers(cfg1, world=1, env={H.LOG_ENV: "1"}, timeout=120)
     print(f"[itest] 1-rank run, {steps} steps: {t:.1f} s")
