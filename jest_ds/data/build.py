@@ -40,8 +40,8 @@ log = logging.getLogger("jest_ds.data.build")
 DATASET_VERSION = 1
 DEFAULTS = dict(
     seed=0, pool_size=40_000, curated_size=14_000, image_size=64, noise_fraction=0.25,
-    shard_size=5_000, vocab_size=8_192, emoji_zeroshot_classes=200, emoji_retrieval_size=500,
-    tuxpaint_size=500, fashion_mnist_size=1_000, eval_seed=0,
+    shard_size=5_000, vocab_size=8_192, emoji_zeroshot_classes=800, emoji_retrieval_size=700,
+    tuxpaint_size=950, fashion_mnist_size=1_000, eval_seed=0,
 )
 ZS_TEMPLATES_EMOJI = ["an emoji of {}."]
 ZS_TEMPLATES_FASHION = ["an icon of a {}.", "a photo of a {}."]

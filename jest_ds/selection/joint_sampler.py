@@ -24,7 +24,7 @@ from .scores import ConditionalScorer
 _STRIP_ELEMENTS = 1 << 24  # default cap on a (rows x B) strip, float64 elements
 
 # Intra-op threads for the fast path on CPU (None: leave the caller's setting). Its many small
-# ops (per chunk: 4 addmm, softplus, float64 sums) barely scale with threads, and on a shared
+# ops (per chunk: 4 matmuls, softplus, float64 sums) barely scale with threads, and on a shared
 # machine an OpenMP/MKL barrier waiting on a descheduled thread made every op several times
 # slower: measured here (2 cores, load ~8) 1 thread beat 2 at B = 640 ... 16,384.
 CPU_THREADS: Optional[int] = 1

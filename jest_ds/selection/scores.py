@@ -89,7 +89,7 @@ class ConditionalScorer:
     sum_{k in chunk} (S_ki + S_ik) from (rows x C) strips, ``chunk_rows`` rows at a time.
     ``gids`` are the candidates' global ids (a rank's slice in the distributed sampler).
 
-    Per strip: 2 addmm per model in the compute dtype (logits), one in-place softplus, the
+    Per strip: 2 matmuls per model in the compute dtype (+ in-place scale, bias, softplus), the
     score formula in float64, then the <= rows positive pairs (a chunk row against itself)
     are set by index to S_ii. Candidates are converted to the compute dtype once.
     """
