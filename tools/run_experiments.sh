@@ -13,4 +13,4 @@ for f in 0.5 0.9; do
   "$PY" -m jest_ds.cli demo --out "$OUT" --steps "$STEPS" --methods jest --filter-ratio "$f" --tag "_f$f" "${REF[@]}"
 done
 "$PY" tools/speedup_report.py "$OUT"/iid "$OUT"/jest "$OUT"/flexi "$OUT"/independent "$OUT"/jest_f0.5 "$OUT"/jest_f0.9 \
-  --out "$OUT/report_all"
+  --out "$OUT/report_all" --metric eval/icon_retrieval/headline

@@ -41,7 +41,7 @@ DATASET_VERSION = 1
 DEFAULTS = dict(
     seed=0, pool_size=40_000, curated_size=14_000, image_size=64, noise_fraction=0.25,
     shard_size=5_000, vocab_size=8_192, emoji_zeroshot_classes=800, emoji_retrieval_size=700,
-    tuxpaint_size=950, fashion_mnist_size=1_000, eval_seed=0,
+    tuxpaint_size=950, fashion_mnist_size=1_000, icon_retrieval_size=1_000, eval_seed=0,
 )
 ZS_TEMPLATES_EMOJI = ["an emoji of {}."]
 ZS_TEMPLATES_FASHION = ["an icon of a {}.", "a photo of a {}."]
@@ -309,6 +309,7 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                   emoji_retrieval_size: int = DEFAULTS["emoji_retrieval_size"],
                   tuxpaint_size: int = DEFAULTS["tuxpaint_size"],
                   fashion_mnist_size: int = DEFAULTS["fashion_mnist_size"],
+                  icon_retrieval_size: int = DEFAULTS["icon_retrieval_size"],
                   eval_seed: int = DEFAULTS["eval_seed"], workers: int | None = None,
                   tuxpaint_dir: Path = S.TUXPAINT_DIR, fashion_mnist_dir: Path = S.FASHION_MNIST_DIR,
                   openmoji_skin_tones: bool = False, openmoji_svg_dir: Path | None = None,
@@ -358,6 +359,15 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                          f"{len(candidates)} available Iconify pairs")
     cur_ic = candidates[:n_cur_ic]
     pool_c = candidates[n_cur_ic:n_cur_ic + pool_size]
+    # in-distribution held-out retrieval: clean icons of the pool's own sets that are in neither
+    # the pool nor the curated part (distinct captions), the analogue of a validation split
+    held_ic, held_caps = [], set()
+    for p, n in candidates[n_cur_ic + pool_size:]:
+        if len(held_ic) >= icon_retrieval_size:
+            break
+        if n not in held_caps:
+            held_caps.add(n)
+            held_ic.append((p, n))
 
     def icon_items(pairs):
         by: dict[str, list[str]] = {}
@@ -370,6 +380,7 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
         return [lookup[pn] for pn in pairs]
 
     pool_items = icon_items(pool_c)
+    held_items = icon_items(held_ic)
     cur_items = cur_om + icon_items(cur_ic)
     rng.shuffle(cur_items)
 
@@ -426,6 +437,9 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
     do_part("emoji_retrieval", "eval/emoji_retrieval", er_items,
             eval_json={"task": "retrieval", "classes": None, "templates": None,
                        "source": "iconify:fluent-emoji-flat"})
+    do_part("icon_retrieval", "eval/icon_retrieval", held_items,
+            eval_json={"task": "retrieval", "classes": None, "templates": None,
+                       "source": "iconify (held-out clean icons of the pool's sets)"})
     do_part("tuxpaint_retrieval", "eval/tuxpaint_retrieval", tux,
             eval_json={"task": "retrieval", "classes": None, "templates": None, "source": "tuxpaint"})
     do_part("fashion_mnist", "eval/fashion_mnist", fm,
@@ -459,7 +473,7 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                  "shard_size": shard_size, "vocab_size": vocab_size,
                  "emoji_zeroshot_classes": emoji_zeroshot_classes,
                  "emoji_retrieval_size": emoji_retrieval_size, "tuxpaint_size": tuxpaint_size,
-                 "fashion_mnist_size": fashion_mnist_size},
+                 "fashion_mnist_size": fashion_mnist_size, "icon_retrieval_size": icon_retrieval_size},
         "packages": {"iconify": {p: sets[p].package for p in sorted(train_sets + held)},
                      "openmoji": om_ver},
     }
@@ -489,6 +503,7 @@ def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--emoji-retrieval-size", type=int, default=d["emoji_retrieval_size"])
     p.add_argument("--tuxpaint-size", type=int, default=d["tuxpaint_size"])
     p.add_argument("--fashion-mnist-size", type=int, default=d["fashion_mnist_size"])
+    p.add_argument("--icon-retrieval-size", type=int, default=d["icon_retrieval_size"])
     p.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
     p.add_argument("--openmoji-skin-tones", action="store_true",
                    help="also put OpenMoji's ~2k skin-tone variants in the curated set (slower build)")
@@ -503,6 +518,7 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
         noise_fraction=args.noise_fraction, shard_size=args.shard_size, vocab_size=args.vocab_size,
         emoji_zeroshot_classes=args.emoji_zeroshot_classes, emoji_retrieval_size=args.emoji_retrieval_size,
         tuxpaint_size=args.tuxpaint_size, fashion_mnist_size=args.fashion_mnist_size,
+        icon_retrieval_size=args.icon_retrieval_size,
         eval_seed=args.eval_seed, workers=args.workers, openmoji_skin_tones=args.openmoji_skin_tones)
 
 
