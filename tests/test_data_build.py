@@ -90,7 +90,7 @@ def fake(tmp_path_factory) -> dict:
     kw = dict(packages_dir=root / "packages", openmoji_svg_dir=svg, tuxpaint_dir=root / "tux",
               fashion_mnist_dir=fm, image_size=16, pool_size=120, curated_size=40, shard_size=50,
               vocab_size=200, emoji_zeroshot_classes=6, emoji_retrieval_size=5, tuxpaint_size=10,
-              fashion_mnist_size=20, progress=False, workers=1)
+              fashion_mnist_size=20, icon_retrieval_size=5, progress=False, workers=1)
     return {"root": root, "kw": kw}
 
 
@@ -171,7 +171,10 @@ def test_curated_clean_disjoint_same_distribution(built):
 def test_eval_sets_shape(built):
     root, _ = built
     dirs = list_eval_sets(root)
-    assert [d.name for d in dirs] == ["emoji_retrieval", "emoji_zeroshot", "fashion_mnist", "tuxpaint_retrieval"]
+    assert [d.name for d in dirs] == ["emoji_retrieval", "emoji_zeroshot", "fashion_mnist", "icon_retrieval",
+                                      "tuxpaint_retrieval"]
+    ic = load_eval_set(root / "eval/icon_retrieval", 16)
+    assert ic.task == "retrieval" and len(set(ic.captions)) == len(ic.captions) == 5
     zs = json.loads((root / "eval/emoji_zeroshot/eval.json").read_text())
     assert zs["task"] == "zeroshot" and len(zs["classes"]) == 6 and zs["templates"] == ["an emoji of {}."]
     es = load_eval_set(root / "eval/emoji_zeroshot", 16)
@@ -187,6 +190,10 @@ def test_eval_sets_shape(built):
     keys = [k for d in dirs for k in load_eval_set(d, 16).keys]
     keys += [k for k, _, _ in _read_part(root, "pool") + _read_part(root, "curated")]
     assert len(keys) == len(set(keys))
+    # the in-distribution held-out icons are in neither training part (by source item)
+    held = {k.removeprefix("icon_retrieval_") for k, _, _ in _read_part(root, "eval/icon_retrieval")}
+    trained = {k.split("_", 1)[1] for k, _, _ in _read_part(root, "pool") + _read_part(root, "curated")}
+    assert held and not (held & trained)
 
 
 def test_build_deterministic_and_seed_dependent(fake, built, tmp_path):

@@ -437,9 +437,10 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
     do_part("emoji_retrieval", "eval/emoji_retrieval", er_items,
             eval_json={"task": "retrieval", "classes": None, "templates": None,
                        "source": "iconify:fluent-emoji-flat"})
-    do_part("icon_retrieval", "eval/icon_retrieval", held_items,
-            eval_json={"task": "retrieval", "classes": None, "templates": None,
-                       "source": "iconify (held-out clean icons of the pool's sets)"})
+    if held_items:
+        do_part("icon_retrieval", "eval/icon_retrieval", held_items,
+                eval_json={"task": "retrieval", "classes": None, "templates": None,
+                           "source": "iconify (held-out clean icons of the pool's sets)"})
     do_part("tuxpaint_retrieval", "eval/tuxpaint_retrieval", tux,
             eval_json={"task": "retrieval", "classes": None, "templates": None, "source": "tuxpaint"})
     do_part("fashion_mnist", "eval/fashion_mnist", fm,
