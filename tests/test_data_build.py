@@ -51,6 +51,8 @@ def fake(tmp_path_factory) -> dict:
     mit = {"title": "MIT", "spdx": "MIT"}
     _set(nm, "aaa", [f"thing-{i}" for i in range(150)], mit)
     _set(nm, "bbb", [f"shape-{w}-{i}" for i in range(100) for w in ["x"]], {"title": "Apache 2.0", "spdx": "Apache-2.0"})
+    _set(nm, "ccc", [f"arrow-up-{i}" for i in range(20)] + [f"home-{i}" for i in range(20)] +
+         [f"arrow-home-{i}" for i in range(5)], mit)  # concept words for the icon zero-shot set
     _set(nm, "noto", EMOJI, {"title": "Apache 2.0", "spdx": "Apache-2.0"})
     _set(nm, "twemoji", EMOJI[:12], {"title": "CC BY 4.0", "spdx": "CC-BY-4.0"})
     _set(nm, "ps", [f"ps-{i}" for i in range(20)], {"title": "ps licence", "spdx": "MIT"})
@@ -129,7 +131,7 @@ def test_layout_manifest_licences(built):
             assert (root / s).is_file()
     assert disk["parts"]["pool"]["n"] == 120 and len(disk["parts"]["pool"]["shards"]) == 3
     av = disk["available"]
-    assert av["iconify_pairs"] == 150 + 100 + 16 + 12
+    assert av["iconify_pairs"] == 150 + 100 + 45 + 16 + 12
     assert set(av["excluded_sets"]) == {"ps", "ncset", "nolic"}
     lic = (root / "LICENCES.md").read_text()
     for word in ("OpenMoji", "Tux Paint", "Fashion-MNIST", "`aaa`", "CC BY 4.0"):
@@ -148,7 +150,7 @@ def test_pool_noise_and_sources(built):
         assert m["caption_original"] != t
     for k, t, m in pool:
         assert set(m) >= {"key", "source", "licence", "caption_noisy"} and m["key"] == k
-        assert m["source"].split(":")[1] in ("aaa", "bbb", "noto", "twemoji")
+        assert m["source"].split(":")[1] in ("aaa", "bbb", "ccc", "noto", "twemoji")
         if not m["caption_noisy"]:
             kind = "emoji" if m["source"] in ("iconify:noto", "iconify:twemoji") else "icon"
             assert t.startswith(f"an {kind} of ")
@@ -172,7 +174,11 @@ def test_eval_sets_shape(built):
     root, _ = built
     dirs = list_eval_sets(root)
     assert [d.name for d in dirs] == ["emoji_retrieval", "emoji_zeroshot", "fashion_mnist", "icon_retrieval",
-                                      "tuxpaint_retrieval"]
+                                      "icon_zeroshot", "tuxpaint_retrieval"]
+    iz = load_eval_set(root / "eval/icon_zeroshot", 16)
+    assert iz.task == "zeroshot" and set(iz.classes) <= {"arrow", "home"}
+    for cap, lab in zip(iz.captions, iz.labels.tolist()):  # exactly one concept word: its class
+        assert iz.classes[lab] in cap and not ("arrow" in cap and "home" in cap)
     ic = load_eval_set(root / "eval/icon_retrieval", 16)
     assert ic.task == "retrieval" and len(set(ic.captions)) == len(ic.captions) == 5
     zs = json.loads((root / "eval/emoji_zeroshot/eval.json").read_text())

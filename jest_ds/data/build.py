@@ -41,10 +41,17 @@ DATASET_VERSION = 1
 DEFAULTS = dict(
     seed=0, pool_size=40_000, curated_size=14_000, image_size=64, noise_fraction=0.25,
     shard_size=5_000, vocab_size=8_192, emoji_zeroshot_classes=800, emoji_retrieval_size=700,
-    tuxpaint_size=950, fashion_mnist_size=1_000, icon_retrieval_size=1_000, eval_seed=0,
+    tuxpaint_size=950, fashion_mnist_size=1_000, icon_retrieval_size=1_000, icon_zeroshot_per_class=30,
+    eval_seed=0,
 )
 ZS_TEMPLATES_EMOJI = ["an emoji of {}."]
 ZS_TEMPLATES_FASHION = ["an icon of a {}.", "a photo of a {}."]
+ZS_TEMPLATES_ICON = ["an icon of {}.", "an icon of a {}."]
+# Concept words of the in-distribution zero-shot set: a held-out icon belongs to class w when w is
+# the ONLY one of these words in its name ("arrow-up-right" -> arrow).
+ICON_CONCEPTS = ("arrow", "user", "file", "folder", "home", "heart", "star", "calendar", "camera", "chat",
+                 "cloud", "lock", "mail", "music", "phone", "search", "settings", "cart", "trash", "video",
+                 "wifi", "bell", "book", "car", "clock", "battery", "bookmark", "map", "flag", "image")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -310,6 +317,7 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                   tuxpaint_size: int = DEFAULTS["tuxpaint_size"],
                   fashion_mnist_size: int = DEFAULTS["fashion_mnist_size"],
                   icon_retrieval_size: int = DEFAULTS["icon_retrieval_size"],
+                  icon_zeroshot_per_class: int = DEFAULTS["icon_zeroshot_per_class"],
                   eval_seed: int = DEFAULTS["eval_seed"], workers: int | None = None,
                   tuxpaint_dir: Path = S.TUXPAINT_DIR, fashion_mnist_dir: Path = S.FASHION_MNIST_DIR,
                   openmoji_skin_tones: bool = False, openmoji_svg_dir: Path | None = None,
@@ -362,12 +370,25 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
     # in-distribution held-out retrieval: clean icons of the pool's own sets that are in neither
     # the pool nor the curated part (distinct captions), the analogue of a validation split
     held_ic, held_caps = [], set()
-    for p, n in candidates[n_cur_ic + pool_size:]:
+    rest = candidates[n_cur_ic + pool_size:]
+    for p, n in rest:
         if len(held_ic) >= icon_retrieval_size:
             break
         if n not in held_caps:
             held_caps.add(n)
             held_ic.append((p, n))
+    # in-distribution zero-shot: further held-out icons whose name holds exactly one concept word
+    zs_ic, per_class = [], {c: 0 for c in ICON_CONCEPTS}
+    for p, n in rest:
+        if n in held_caps or not sets[p].prefix or p in S.POOL_EMOJI_SETS:
+            continue
+        hits = [c for c in ICON_CONCEPTS if c in n.split("-")]
+        if len(hits) == 1 and per_class[hits[0]] < icon_zeroshot_per_class:
+            per_class[hits[0]] += 1
+            held_caps.add(n)
+            zs_ic.append((p, n, ICON_CONCEPTS.index(hits[0])))
+    icon_classes = [c for c in ICON_CONCEPTS if per_class[c] > 0]
+    zs_ic = [(p, n, icon_classes.index(ICON_CONCEPTS[lab])) for p, n, lab in zs_ic]
 
     def icon_items(pairs):
         by: dict[str, list[str]] = {}
@@ -381,6 +402,9 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
 
     pool_items = icon_items(pool_c)
     held_items = icon_items(held_ic)
+    icon_zs_items = icon_items([(p, n) for p, n, _ in zs_ic])
+    for it, (_, _, lab) in zip(icon_zs_items, zs_ic):
+        it.extra.update({"label": lab, "class": icon_classes[lab]})
     cur_items = cur_om + icon_items(cur_ic)
     rng.shuffle(cur_items)
 
@@ -441,6 +465,10 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
         do_part("icon_retrieval", "eval/icon_retrieval", held_items,
                 eval_json={"task": "retrieval", "classes": None, "templates": None,
                            "source": "iconify (held-out clean icons of the pool's sets)"})
+    if icon_zs_items:
+        do_part("icon_zeroshot", "eval/icon_zeroshot", icon_zs_items,
+                eval_json={"task": "zeroshot", "classes": icon_classes, "templates": ZS_TEMPLATES_ICON,
+                           "source": "iconify (held-out clean icons of the pool's sets)"})
     do_part("tuxpaint_retrieval", "eval/tuxpaint_retrieval", tux,
             eval_json={"task": "retrieval", "classes": None, "templates": None, "source": "tuxpaint"})
     do_part("fashion_mnist", "eval/fashion_mnist", fm,
@@ -474,7 +502,8 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                  "shard_size": shard_size, "vocab_size": vocab_size,
                  "emoji_zeroshot_classes": emoji_zeroshot_classes,
                  "emoji_retrieval_size": emoji_retrieval_size, "tuxpaint_size": tuxpaint_size,
-                 "fashion_mnist_size": fashion_mnist_size, "icon_retrieval_size": icon_retrieval_size},
+                 "fashion_mnist_size": fashion_mnist_size, "icon_retrieval_size": icon_retrieval_size,
+                 "icon_zeroshot_per_class": icon_zeroshot_per_class},
         "packages": {"iconify": {p: sets[p].package for p in sorted(train_sets + held)},
                      "openmoji": om_ver},
     }
@@ -505,6 +534,7 @@ def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--tuxpaint-size", type=int, default=d["tuxpaint_size"])
     p.add_argument("--fashion-mnist-size", type=int, default=d["fashion_mnist_size"])
     p.add_argument("--icon-retrieval-size", type=int, default=d["icon_retrieval_size"])
+    p.add_argument("--icon-zeroshot-per-class", type=int, default=d["icon_zeroshot_per_class"])
     p.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
     p.add_argument("--openmoji-skin-tones", action="store_true",
                    help="also put OpenMoji's ~2k skin-tone variants in the curated set (slower build)")
@@ -519,7 +549,7 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
         noise_fraction=args.noise_fraction, shard_size=args.shard_size, vocab_size=args.vocab_size,
         emoji_zeroshot_classes=args.emoji_zeroshot_classes, emoji_retrieval_size=args.emoji_retrieval_size,
         tuxpaint_size=args.tuxpaint_size, fashion_mnist_size=args.fashion_mnist_size,
-        icon_retrieval_size=args.icon_retrieval_size,
+        icon_retrieval_size=args.icon_retrieval_size, icon_zeroshot_per_class=args.icon_zeroshot_per_class,
         eval_seed=args.eval_seed, workers=args.workers, openmoji_skin_tones=args.openmoji_skin_tones)
 
 
