@@ -79,8 +79,8 @@ def _has_flops(c: Curve) -> bool:
     return all(f == f for f in c.flops)  # no NaN
 
 
-def _fmt(v, spec: str) -> str:
-    return "not reached" if v is None else format(v, spec)
+def _fmt(v, spec: str, suffix: str = "") -> str:
+    return "not reached" if v is None else format(v, spec) + suffix
 
 
 def markdown(rows: list[dict], base: Curve, metric: str = "eval/score") -> str:
@@ -90,8 +90,8 @@ def markdown(rows: list[dict], base: Curve, metric: str = "eval/score") -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['method']} | {r['final_score']:.4f} | {_fmt(r['iters_to_target'], '.0f')} | "
-                     f"{_fmt(r['examples_to_target'], '.0f')} | {_fmt(r['iter_speedup'], '.2f')}× | "
-                     f"{_fmt(r['flops_to_target'], '.3g')} | {_fmt(r['flop_speedup'], '.2f')}× |")
+                     f"{_fmt(r['examples_to_target'], '.0f')} | {_fmt(r['iter_speedup'], '.2f', '×')} | "
+                     f"{_fmt(r['flops_to_target'], '.3g')} | {_fmt(r['flop_speedup'], '.2f', '×')} |")
     return "\n".join(lines)
 
 
