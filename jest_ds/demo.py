@@ -102,6 +102,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from jest_ds.reports.speedup import write_report
 
+    if not any(d.name == "iid" for d in run_dirs):
+        if not (out / "iid" / "metrics.jsonl").is_file():
+            print(f"\nno IID run in {out}: skipping the speedup report (add iid to --methods)")
+            return 0
+        run_dirs = [out / "iid"] + run_dirs  # the baseline from an earlier invocation
     text = write_report(run_dirs, out / "report", metric=args.metric)
     mean_text = write_report(run_dirs, out / "report_score", metric="eval/score")
     print("\n== reference model (curated set), held-out ==")
