@@ -95,6 +95,9 @@ class Trainer:
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = self.tokenizer.vocab_size
         self.B_local, self.b_local = cfg.per_rank(self.world)
+        if self.world > 1 and cfg.selection.method != "iid" and not cfg.selection.quota_per_rank:
+            raise ValueError("config error: selection.quota_per_rank = false needs a world size of 1: "
+                             "each rank trains on its own candidates (images are not moved between ranks)")
 
         # Same initial weights on every rank (DeepSpeed also broadcasts rank 0's).
         torch.manual_seed(cfg.train.seed)
@@ -182,25 +185,22 @@ class Trainer:
         s, b = self.cfg.selection, self.cfg.train.batch_size
         if s.method == "iid":
             return torch.arange(self.b_local)
-        quota = self.world if s.quota_per_rank else None
         if s.method == "independent":
             local = diagonal_scores(learner, reference, s.score, s.gain).double()
             everything = self._gather(local)
             chosen = independent_sample(everything, b, mode=s.independent_mode, generator=self.selection_rng,
-                                        quota=self.world)
+                                        quota=self.world if s.quota_per_rank else None)
         elif self.world == 1:
             chosen = joint_sample(learner, reference, b, n_chunks=s.n_chunks, method=s.score, gain=s.gain,
                                   generator=self.selection_rng, quota=None, loss=s.loss)
-        else:
-            chosen, local_idx = distributed_joint_sample(learner, reference, b, s.n_chunks, s.score, s.gain,
-                                                         self.selection_rng, quota=s.quota_per_rank, loss=s.loss)
-            if s.quota_per_rank:
-                return local_idx.cpu()
+        else:  # world > 1 implies the per-rank quota (checked at start-up)
+            _, local_idx = distributed_joint_sample(learner, reference, b, s.n_chunks, s.score, s.gain,
+                                                    self.selection_rng, quota=True, loss=s.loss)
+            return local_idx.cpu()
         lo = self.rank * self.B_local
         mine = chosen[(chosen >= lo) & (chosen < lo + self.B_local)] - lo
         if mine.numel() != self.b_local:
-            raise RuntimeError(f"selection gave rank {self.rank} {mine.numel()} examples, expected {self.b_local}: "
-                               "set selection.quota_per_rank: true")
+            raise RuntimeError(f"selection gave rank {self.rank} {mine.numel()} examples, expected {self.b_local}")
         return mine.cpu()
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
