@@ -37,3 +37,10 @@ def test_report_ratios_against_iid(tmp_path):
     assert "4.00×" in text
     with pytest.raises(ValueError, match="no IID baseline"):
         write_report([jest], tmp_path / "r2")
+
+
+def test_target_met_at_the_start_is_not_reported_as_not_reached(tmp_path):
+    iid = _run(tmp_path, "iid", "iid", [(0, 0.3), (10, 0.2)], 3.0)
+    jest = _run(tmp_path, "jest", "jest", [(0, 0.3), (10, 0.4)], 6.0, f=0.8)
+    text = write_report([iid, jest], tmp_path / "report")
+    assert "n/a (at start)" in text and "not reached" not in text

@@ -79,8 +79,10 @@ def _has_flops(c: Curve) -> bool:
     return all(f == f for f in c.flops)  # no NaN
 
 
-def _fmt(v, spec: str, suffix: str = "") -> str:
-    return "not reached" if v is None else format(v, spec) + suffix
+def _fmt(v, spec: str, suffix: str = "", reached_at_start: bool = False) -> str:
+    if v is None:
+        return "n/a (at start)" if reached_at_start else "not reached"
+    return format(v, spec) + suffix
 
 
 def markdown(rows: list[dict], base: Curve, metric: str = "eval/score") -> str:
@@ -89,9 +91,10 @@ def markdown(rows: list[dict], base: Curve, metric: str = "eval/score") -> str:
              "FLOPs to target | FLOP speedup |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        at_start = r["iters_to_target"] == 0  # the target is met before any training: no ratio
         lines.append(f"| {r['run']} | {r['method']} | {r['final_score']:.4f} | {_fmt(r['iters_to_target'], '.0f')} | "
-                     f"{_fmt(r['examples_to_target'], '.0f')} | {_fmt(r['iter_speedup'], '.2f', '×')} | "
-                     f"{_fmt(r['flops_to_target'], '.3g')} | {_fmt(r['flop_speedup'], '.2f', '×')} |")
+                     f"{_fmt(r['examples_to_target'], '.0f')} | {_fmt(r['iter_speedup'], '.2f', '×', at_start)} | "
+                     f"{_fmt(r['flops_to_target'], '.3g')} | {_fmt(r['flop_speedup'], '.2f', '×', at_start)} |")
     return "\n".join(lines)
 
 
