@@ -224,8 +224,7 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"loss was non-finite for {self.nonfinite_in_row} steps in a row (last at step {self.step}); "
                     f"aborting (train.max_nonfinite_in_row = {self.cfg.train.max_nonfinite_in_row})")
-            self.engine.zero_grad() if hasattr(self.engine, "zero_grad") else None
-            return total
+            return total  # no backward, no optimizer step: the step is skipped and counted
         self.nonfinite_in_row = 0
         self.engine.backward(loss_bw)
         self.engine.step()
