@@ -45,11 +45,16 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    root: str = "data/embedded"  # dataset root written by `jest-ds data build`
-    train_part: str = "pool"  # a part in the manifest, or a directory / brace pattern of shards
+    root: str = "data/embedded"  # embedded dataset root (`jest-ds data build`); "" for a run on users' shards alone
+    train_part: str = "pool"  # a part of the embedded dataset (used when train_shards is empty)
+    train_shards: list[str] = field(default_factory=list)  # a directory, a brace pattern, or a list of them
     tokenizer: str = ""  # "" -> <root>/tokenizer.json
     shuffle_buffer: int = 2000
-    reference_cache: str = ""  # "" -> <train shards dir>/reference_cache.safetensors
+    reference_cache: str = ""  # per-shard reference-embedding directory; "" -> <train shards dir>/reference_cache
+    num_workers: int = -1  # DataLoader decode workers per rank; -1: from the core count
+    split: Literal["auto", "shard", "sample"] = "auto"  # auto: shard when every (rank, worker) gets a shard
+    num_samples: int = 0  # samples in the training set; 0: from *_stats.json or the dataset manifest
+    prefetch_factor: int = 2  # super-batches each worker prepares ahead
 
 
 @dataclass
@@ -86,7 +91,7 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 128  # GLOBAL selected batch b
     grad_accumulation: int = 1
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
     zero_stage: int = 2
     ds_config: str = "ds_configs/tiny.json"  # base DeepSpeed JSON; batch keys are derived
     seed: int = 0
@@ -98,6 +103,7 @@ class TrainConfig:
     max_nonfinite_in_row: int = 5
     collective_timeout_s: float = 300.0
     tensorboard: bool = True
+    peak_flops: float = 0.0  # device peak FLOP/s per rank for MFU; 0: from the device
 
 
 @dataclass
@@ -143,6 +149,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"config error: {where} = {value!r}: must be one of {list(choices)}")
         return value
     if origin is list:
+        if isinstance(value, str):  # a single item may be written without brackets
+            value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"config error: {where} = {value!r}: must be a list")
         (item,) = get_args(hint)
@@ -226,6 +234,21 @@ def _check(cfg: ExperimentConfig) -> None:
         bad("optim.warmup_fraction", o.warmup_fraction, "must be in [0, 1)")
     if o.grad_clip < 0:
         bad("optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping)")
+    d = cfg.data
+    if d.num_workers < -1:
+        bad("data.num_workers", d.num_workers, "must be >= 0, or -1 for the core count")
+    if d.num_samples < 0:
+        bad("data.num_samples", d.num_samples, "must be >= 0 (0: read from *_stats.json or the manifest)")
+    if d.prefetch_factor < 1:
+        bad("data.prefetch_factor", d.prefetch_factor, "must be >= 1")
+    if d.shuffle_buffer < 1:
+        bad("data.shuffle_buffer", d.shuffle_buffer, "must be >= 1")
+    if not d.root and not d.train_shards:
+        bad("data.train_shards", d.train_shards, "must be set when data.root is empty")
+    if not d.root and not d.tokenizer:
+        bad("data.tokenizer", d.tokenizer, "must be set when data.root is empty")
+    if t.peak_flops < 0:
+        bad("train.peak_flops", t.peak_flops, "must be >= 0 (0: from the device)")
     if t.steps <= 0:
         bad("train.steps", t.steps, "must be positive")
     if t.batch_size <= 0:
@@ -293,14 +316,13 @@ def resolve_path(p: str | Path) -> Path:
     return REPO_ROOT / path
 
 
-def use_bf16(cfg: ExperimentConfig) -> bool:
+def resolved_precision(cfg: ExperimentConfig) -> str:
+    """fp32, bf16 or fp16 for this run (`auto`: bf16 on a GPU that supports it, else fp32)."""
     import torch
 
-    if cfg.train.precision == "bf16":
-        return True
-    if cfg.train.precision == "fp32":
-        return False
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
@@ -327,9 +349,9 @@ def deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
     zero = dict(ds.get("zero_optimization", {}))
     zero["stage"] = cfg.train.zero_stage
     ds["zero_optimization"] = zero
-    bf16 = use_bf16(cfg)
-    ds["bf16"] = {"enabled": bf16}
-    ds.pop("fp16", None)
+    precision = resolved_precision(cfg)
+    ds["bf16"] = {"enabled": precision == "bf16"}
+    ds["fp16"] = {"enabled": precision == "fp16", **({k: v for k, v in ds.get("fp16", {}).items() if k != "enabled"})}
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     return ds

@@ -120,6 +120,8 @@ class Batch:
     keys: list[str]
     meta: list[dict] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)   # shard of each sample
+    rows: list[int] = field(default_factory=list)   # its ordinal in that shard (see iter_raw_samples)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -202,7 +204,11 @@ def tar_tail_ok(path: str) -> bool:
 
 
 def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = True) -> Iterator[dict]:
-    """Undecoded, structurally valid samples: dict(key, png, caption, meta, url)."""
+    """Undecoded, structurally valid samples: dict(key, png, caption, meta, url, row).
+
+    ``row`` is the sample's ordinal in its tar: the index of its key group in tar order, counting
+    every group webdataset yields (also those skipped here), so row i of a per-shard file made
+    from the same tar (the reference cache) is this sample."""
     import webdataset as wds
 
     for u in urls:
@@ -217,8 +223,11 @@ def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = Tr
         warnings.simplefilter("ignore")
         ds = wds.WebDataset(urls, handler=handler, shardshuffle=False, nodesplitter=None,
                             workersplitter=None, empty_check=False)
+    rows: dict[str, int] = {}
     for s in ds:
         key, url = s.get("__key__", "?"), s.get("__url__", "?")
+        row = rows.get(url, 0)
+        rows[url] = row + 1
         where = f"{key} in {url}"
         img = next((s[e] for e in IMAGE_EXTS if e in s), None)
         if img is None:
@@ -244,23 +253,43 @@ def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = Tr
         if check_png and not _png_ok(img):
             skipped.add("undecodable_image", where)
             continue
-        yield {"key": key, "png": img, "caption": caption, "meta": meta, "url": url}
+        yield {"key": key, "png": img, "caption": caption, "meta": meta, "url": url, "row": row}
+
+
+def prepare_image(im, image_size: int) -> np.ndarray:
+    """A PIL image -> uint8 [image_size, image_size, 3], the one preprocessing of training,
+    evaluation and inference: 16-bit and float modes scaled to 8 bits, alpha composited on
+    white, a non-square image padded to a square on white (centred, aspect kept, as the dataset
+    builder does), then resized with bicubic filtering."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "P", "PA") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    im = im.convert("RGB")
+    w, h = im.size
+    if w != h:
+        side = max(w, h)
+        square = Image.new("RGB", (side, side), (255, 255, 255))
+        square.paste(im, ((side - w) // 2, (side - h) // 2))
+        im = square
+    if im.size != (image_size, image_size):
+        im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def decode_image(data: bytes, image_size: int) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 [H, W, 3] at image_size (RGB; alpha composited on white)."""
+    """Encoded image bytes (PNG, JPEG, WebP) -> uint8 [H, W, 3] via `prepare_image`."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        im = im.convert("RGB")
-        if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        return np.asarray(im, dtype=np.uint8)
+        return prepare_image(im, image_size)
 
 
 def to_tensor(arrs: list[np.ndarray]) -> torch.Tensor:
@@ -371,7 +400,8 @@ class ShardBatches:
             i += 1
         caps = [s["caption"] for s in keep]
         return Batch(images=to_tensor(arrs), tokens=self.tokenizer.encode_batch(caps, self.context_length),
-                     keys=[s["key"] for s in keep], meta=[s["meta"] for s in keep], captions=caps)
+                     keys=[s["key"] for s in keep], meta=[s["meta"] for s in keep], captions=caps,
+                     urls=[s["url"] for s in keep], rows=[s["row"] for s in keep])
 
     def _epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, Batch]]:
         for bi, raw in enumerate(self._rank_batches(epoch)):

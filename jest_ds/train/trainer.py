@@ -71,7 +71,9 @@ def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path, Path, CaptionTokenizer
 def take(batch: Batch, idx: torch.Tensor) -> Batch:
     i = idx.tolist()
     return Batch(images=batch.images[idx], tokens=batch.tokens[idx], keys=[batch.keys[k] for k in i],
-                 meta=[batch.meta[k] for k in i], captions=[batch.captions[k] for k in i] if batch.captions else [])
+                 meta=[batch.meta[k] for k in i], captions=[batch.captions[k] for k in i] if batch.captions else [],
+                 urls=[batch.urls[k] for k in i] if batch.urls else [],
+                 rows=[batch.rows[k] for k in i] if batch.rows else [])
 
 
 def _all_reduce_sum(values: list[float], device) -> list[float]:
