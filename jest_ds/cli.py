@@ -1,4 +1,4 @@
-"""`jest-ds` console script: data build, train, cache-ref, eval, demo.
+"""`jest-ds` console script: data build, config, train, cache-ref, eval, export, curate export, demo.
 
 Run under the `deepspeed` launcher (or torchrun) as `launch/train.py`, which calls `main`.
 """
@@ -12,12 +12,36 @@ from pathlib import Path
 
 from jest_ds.config import ConfigError, load_config
 
+CONFIG_HELP = ("experiment YAML: a path or a packaged name (`jest-ds config list`); repeat to merge "
+               "several, later ones winning (e.g. --config tiny_jest --config gpu)")
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from jest_ds.config import config_yaml, deepspeed_config
+
+    cfg = load_config(args.config, args.set)
+    ds = deepspeed_config(cfg, args.world_size)
+    print(f"# experiment: {' + '.join(args.config)}{''.join(f' --set {s}' for s in args.set)}")
+    print(config_yaml(cfg), end="")
+    print(f"---\n# DeepSpeed config at world size {args.world_size}")
+    print(json.dumps(ds, indent=2))
+    return 0
+
+
+def _config_list(args: argparse.Namespace) -> int:
+    from jest_ds.config import PACKAGED_CONFIGS, packaged_config_names, packaged_ds_configs
+
+    print(f"experiment configs ({PACKAGED_CONFIGS}): {' '.join(packaged_config_names())}")
+    print(f"DeepSpeed configs (train.ds_config): {' '.join(sorted(packaged_ds_configs()))}")
+    return 0
+
 
 def _train(args: argparse.Namespace) -> int:
     from jest_ds.train.trainer import configure_logging, train
 
     configure_logging()
-    cfg = load_config(args.config, args.set)
+    overrides = list(args.set) + ([f"train.peak_flops={args.peak_flops:.1f}"] if args.peak_flops is not None else [])
+    cfg = load_config(args.config, overrides)
     final = train(cfg, resume=args.resume, export=not args.no_export, show_progress=not args.quiet)
     if final and args.print_json:
         print(json.dumps(final))
@@ -25,37 +49,77 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _cache_ref(args: argparse.Namespace) -> int:
-    from jest_ds.data.reference_cache import build_cache
-    from jest_ds.data.tokenizer import CaptionTokenizer
+    """One process per rank under `deepspeed` / `torchrun` (RANK, WORLD_SIZE): rank r embeds shards
+    i % world == r. No process group is needed: ranks share nothing but the output directory."""
+    import os
 
-    root = Path(args.data_root)
-    shards = root / args.part if (root / args.part).exists() else Path(args.part)
-    out = Path(args.out) if args.out else shards / "reference_cache.safetensors"
-    tok = CaptionTokenizer.from_file(root / "tokenizer.json")
-    info = build_cache(args.reference, shards, out, tok, batch_size=args.batch_size, progress=not args.quiet)
+    import torch
+
+    from jest_ds.data.reference_cache import build_cache, default_cache_dir
+    from jest_ds.data.shards import resolve_urls
+    from jest_ds.data.tokenizer import CaptionTokenizer
+    from jest_ds.models.export import TOKENIZER, verified_file
+    from jest_ds.train.distributed import device as default_device, world_info
+
+    if args.shards:
+        urls = resolve_urls(args.shards)
+    else:  # the embedded dataset's part
+        part = Path(args.data_root) / args.part
+        if not part.is_dir():
+            raise FileNotFoundError(f"cache-ref: --part {args.part!r}: no directory {part} (or give --shards)")
+        urls = resolve_urls(part)
+    tok_path = Path(args.tokenizer) if args.tokenizer else verified_file(args.reference, TOKENIZER)
+    rank, local_rank, world = world_info()
+    workers = args.workers
+    if workers < 0:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", 1)))
+        workers = max(0, min(8, len(os.sched_getaffinity(0)) // local_world - 1))
+    info = build_cache(args.reference, urls, Path(args.out) if args.out else default_cache_dir(urls),
+                       CaptionTokenizer.from_file(tok_path), batch_size=args.batch_size, precision=args.precision,
+                       device=torch.device(args.device) if args.device else default_device(), rank=rank,
+                       world_size=world, workers=workers, progress=not args.quiet)
+    info["written"] = len(info["written"])
+    print(json.dumps(info))
+    return 0
+
+
+def _data_tokenizer(args: argparse.Namespace) -> int:
+    from jest_ds.data.tokenizer import train_tokenizer_from_shards
+
+    _, info = train_tokenizer_from_shards(args.shards, args.vocab_size, args.out, max_captions=args.max_captions,
+                                          min_frequency=args.min_frequency)
     print(json.dumps(info))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
+    from jest_ds.data.eval_sets import is_eval_set, resolve_eval_sets
+    from jest_ds.eval import format_metrics
+    from jest_ds.eval.export_eval import evaluate_export
+    from jest_ds.models.export import load_run_config
 
-    from jest_ds.data.eval_sets import list_eval_sets, load_eval_set
-    from jest_ds.data.tokenizer import CaptionTokenizer
-    from jest_ds.eval import evaluate, format_metrics
-    from jest_ds.models.export import load_exported
-
-    model, cfg, digest = load_exported(args.model)
-    root = Path(args.data_root or cfg.data.root)
-    tok = CaptionTokenizer.from_file(root / "tokenizer.json")
-    sets = [load_eval_set(d, cfg.model.image_size) for d in list_eval_sets(root)
-            if not args.sets or d.name in args.sets]
-    if not sets:
-        raise FileNotFoundError(f"no evaluation sets under {root / 'eval'}")
-    metrics = evaluate(model, sets, tok, cfg.model.context_length, torch.device("cpu"), few_shot=args.few_shot)
-    print(f"model {args.model} (sha256 {digest[:12]})\n{format_metrics(metrics)}")
+    # Set names (and no --sets: every set) are looked up under --data-root, else under the
+    # data.root the model was trained with; set directories need neither.
+    needs_root = not args.sets or not all(is_eval_set(s) for s in args.sets)
+    root = args.data_root or (load_run_config(args.model).data.root if needs_root else "")
+    set_dirs = resolve_eval_sets(args.sets, root or None)
+    metrics, info = evaluate_export(args.model, set_dirs, device=args.device, few_shot=args.few_shot,
+                                    batch_size=args.batch_size)
+    print(f"model {args.model} (sha256 {info['sha256'][:12]}) on {info['device']}\n{format_metrics(metrics)}")
+    for name, s in info["sets"].items():
+        if s["skipped"]:
+            print(f"  {name}: skipped {sum(s['skipped'].values())} samples while loading: {s['skipped']}")
     if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=2))
+        Path(args.out).write_text(json.dumps({**info, "metrics": metrics}, indent=2) + "\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from jest_ds.models.export import export_checkpoint
+
+    digest, step_dir = export_checkpoint(args.checkpoint, args.out, config=args.config or None,
+                                         tokenizer_file=args.tokenizer or None)
+    print(json.dumps({"checkpoint": str(step_dir), "out": args.out, "sha256": digest}))
     return 0
 
 
@@ -63,6 +127,14 @@ def _data_build(args: argparse.Namespace) -> int:
     from jest_ds.data.build import run_build
 
     run_build(args)
+    return 0
+
+
+def _curate_export(args: argparse.Namespace) -> int:
+    from jest_ds.curate import export_top
+
+    manifest = export_top(args.run, args.top, args.out, shards=args.shards, shard_size=args.shard_size)
+    print(json.dumps({k: manifest[k] for k in ("n", "missing", "selected_range")} | {"out": args.out}))
     return 0
 
 
@@ -84,33 +156,93 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_build_args(build)
     build.set_defaults(func=_data_build)
+    tk = data_sub.add_parser("tokenizer", help="train a WordPiece tokenizer on your shards' captions (data.tokenizer)")
+    tk.add_argument("--shards", nargs="+", required=True, help="a directory, brace pattern or list of .tar shards")
+    tk.add_argument("--out", required=True, help="tokenizer.json to write")
+    tk.add_argument("--vocab-size", type=int, default=32_000)
+    tk.add_argument("--min-frequency", type=int, default=2, help="words seen fewer times are split into pieces")
+    tk.add_argument("--max-captions", type=int, default=0, help="use the first N captions in shard order (0: all)")
+    tk.set_defaults(func=_data_tokenizer)
 
     tr = sub.add_parser("train", help="train a dual encoder (IID, JEST, independent, Flexi-JEST)")
-    tr.add_argument("--config", required=True, help="experiment YAML (see launch/configs/)")
+    tr.add_argument("--config", required=True, action="append", help=CONFIG_HELP)
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
     tr.add_argument("--resume", default="", help="'latest' or a checkpoint directory")
     tr.add_argument("--no-export", action="store_true", help="skip the final safetensors export")
     tr.add_argument("--quiet", action="store_true")
     tr.add_argument("--print-json", action="store_true", help="print the final eval metrics as JSON")
+    tr.add_argument("--peak-flops", type=float, default=None, metavar="FLOP/S",
+                    help="peak FLOP/s of one device for the logged MFU (sets train.peak_flops; default: "
+                         "known GPUs by name, none on CPU)")
     tr.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     tr.set_defaults(func=_train)
 
-    cr = sub.add_parser("cache-ref", help="cache a frozen reference model's embeddings for a shard set")
+    co = sub.add_parser("config", help="the packaged configs; a resolved config and its DeepSpeed JSON")
+    co_sub = co.add_subparsers(dest="config_command", required=True)
+    show = co_sub.add_parser("show", help="print the resolved experiment YAML, then (after ---) the derived "
+                                          "DeepSpeed JSON")
+    show.add_argument("--config", required=True, action="append", help=CONFIG_HELP)
+    show.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
+    show.add_argument("--world-size", type=int, default=1, help="data-parallel ranks for the batch keys")
+    show.set_defaults(func=_config_show)
+    co_sub.add_parser("list", help="names of the packaged experiment and DeepSpeed configs").set_defaults(
+        func=_config_list)
+
+    cr = sub.add_parser("cache-ref", help="cache a frozen reference model's embeddings, one file set per shard "
+                                          "(resumable; one process per rank under deepspeed/torchrun)")
     cr.add_argument("--reference", required=True, help="exported reference model directory")
-    cr.add_argument("--data-root", default="data/embedded")
-    cr.add_argument("--part", default="pool", help="a part of the dataset or a shard directory")
-    cr.add_argument("--out", default="", help="default: <shards>/reference_cache.safetensors")
-    cr.add_argument("--batch-size", type=int, default=512)
+    cr.add_argument("--shards", nargs="+", default=None,
+                    help="a directory, brace pattern or list of .tar shards (default: <data-root>/<part>)")
+    cr.add_argument("--data-root", default="data/embedded", help="embedded dataset (when --shards is not given)")
+    cr.add_argument("--part", default="pool", help="its part to cache (when --shards is not given)")
+    cr.add_argument("--out", default="", help="cache directory (default: <first shard's directory>/reference_cache, "
+                                              "where training looks when data.reference_cache is empty)")
+    cr.add_argument("--tokenizer", default="", help="default: the reference export's own tokenizer.json")
+    cr.add_argument("--batch-size", type=int, default=256)
+    cr.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto: bf16 on a GPU that supports it, else fp32 (embeddings are stored in float16)")
+    cr.add_argument("--device", default="", help="default: this rank's GPU if there is one, else cpu")
+    cr.add_argument("--workers", type=int, default=-1, help="image-decoding processes per rank (-1: from the core count)")
     cr.add_argument("--quiet", action="store_true")
+    cr.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     cr.set_defaults(func=_cache_ref)
 
-    ev = sub.add_parser("eval", help="evaluate an exported model on the held-out sets")
-    ev.add_argument("--model", required=True, help="exported model directory")
-    ev.add_argument("--data-root", default="")
-    ev.add_argument("--sets", nargs="*", default=[])
-    ev.add_argument("--few-shot", type=int, default=10)
-    ev.add_argument("--out", default="")
+    ev = sub.add_parser("eval", help="evaluate an exported model on evaluation sets (zero-shot, retrieval, "
+                                     "k-shot probe); set format: docs/evaluation.md")
+    ev.add_argument("--model", required=True, help="exported model directory (its tokenizer.json is used)")
+    ev.add_argument("--sets", nargs="*", default=[], metavar="SET",
+                    help="set directories (holding eval.json), or names of sets under DATA_ROOT/eval; "
+                         "default: every set under DATA_ROOT/eval")
+    ev.add_argument("--data-root", default="",
+                    help="where set names are looked up (DATA_ROOT/eval/NAME); default: the data.root the "
+                         "model was trained with")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="auto: the GPU when there is one")
+    ev.add_argument("--few-shot", type=int, default=10, help="shots per class of the linear probe (0: no probe)")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--out", default="", help="write the metrics and per-set skip counts as JSON")
     ev.set_defaults(func=_eval)
+
+    ex = sub.add_parser("export", help="export a training checkpoint (any ZeRO stage) as a self-contained model")
+    ex.add_argument("--checkpoint", required=True,
+                    help="a checkpoint directory (<run>/checkpoints/step_*), or a run / checkpoints directory (newest)")
+    ex.add_argument("--out", required=True, help="export directory (weights, configs, tokenizer, preprocess, SHA256SUMS)")
+    ex.add_argument("--config", default="", help="the run's config.yaml (default: two levels above the step directory)")
+    ex.add_argument("--tokenizer", default="", help="the run's tokenizer.json (default: as the run's config says)")
+    ex.set_defaults(func=_export)
+
+    cu = sub.add_parser("curate", help="reuse what a run selected")
+    cu_sub = cu.add_subparsers(dest="curate_command", required=True)
+    cx = cu_sub.add_parser("export", help="the K most-selected examples of a run as a webdataset shard set "
+                                          "(from <run>/selection_record)")
+    cx.add_argument("--top", type=int, required=True, metavar="K", help="how many examples")
+    cx.add_argument("--out", required=True, help="new directory for top-*.tar, their _stats.json and manifest.json")
+    cx.add_argument("--run", default=".", help="the training run's out_dir (default: the current directory)")
+    cx.add_argument("--shards", default=None, metavar="SPEC",
+                    help="where the training shards are now (a directory or brace pattern; matched by file "
+                         "name); default: the paths the run recorded")
+    cx.add_argument("--shard-size", type=int, default=1000, help="samples per output tar")
+    cx.set_defaults(func=_curate_export)
 
     demo = sub.add_parser("demo", help="the whole story: data, reference, cache, IID vs JEST vs Flexi-JEST, report")
     from jest_ds.demo import add_demo_args

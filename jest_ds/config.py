@@ -1,6 +1,9 @@
 """The one typed configuration of a jest-ds run.
 
-An experiment is a YAML file whose sections map onto the dataclasses below.
+An experiment is a YAML file whose sections map onto the dataclasses below; it may
+name a `base:` config that it changes (mappings merge key by key, lists and values are
+replaced). Configs are paths or the names of the YAMLs shipped in jest_ds/configs/
+(`tiny_jest`), DeepSpeed JSONs paths or the names of those in ds_configs/ (`tiny.json`).
 `load_config` validates every value and fails with ONE line naming the field
 (``config error: selection.filter_ratio = 1.2: must be in [0, 1)``).
 `deepspeed_config` derives the DeepSpeed JSON batch keys from this config so
@@ -16,8 +19,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
@@ -286,34 +287,129 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+# --------------------------------------------------------------------------- config files
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # the experiment YAMLs shipped with jest-ds
+ConfigRef = str | Path  # a path to a YAML file, or the name of a packaged one (`tiny_jest`, `models/base`)
+
+
+def packaged_config_names() -> list[str]:
+    """Names of the packaged experiment YAMLs (`tiny_jest`, `gpu`, `models/base`, ...)."""
+    return sorted(p.relative_to(PACKAGED_CONFIGS).with_suffix("").as_posix()
+                  for p in PACKAGED_CONFIGS.rglob("*.yaml"))
+
+
+def find_config_file(ref: ConfigRef, relative_to: Path | None = None) -> Path | None:
+    """`ref` as a file: a path that exists (relative to `relative_to`, default the working
+    directory), else the packaged YAML of that name (`tiny_jest` or `tiny_jest.yaml`); None if neither."""
+    path = Path(ref)
+    candidate = relative_to / path if relative_to is not None else path
+    if candidate.is_file():
+        return candidate
+    if path.is_absolute():
+        return None
+    packaged = PACKAGED_CONFIGS / (path if path.suffix in (".yaml", ".yml") else path.with_name(path.name + ".yaml"))
+    return packaged if packaged.is_file() else None
+
+
+def merge_config_values(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """`delta` over `base`: mappings merge key by key (recursively), lists and values are replaced."""
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config_values(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config error: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config error: {path} must hold a mapping at the top level")
+    return values
+
+
+def read_config_file(path: Path, _including: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw values of one YAML file with its `base:` chain resolved (the file's values over its base's).
+
+    `base:` names another config: a path relative to the including file, or a packaged name."""
+    path = path.resolve()
+    if path in _including:
+        chain = " -> ".join(str(p) for p in (*_including, path))
+        raise ConfigError(f"config error: {_including[-1]}: base cycle {chain}")
+    values = _read_yaml_mapping(path)
+    if "base" not in values:
+        return values
+    base = values.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config error: {path}: base = {base!r}: must be a config name or a path")
+    base_path = find_config_file(base, relative_to=path.parent)
+    if base_path is None:
+        raise ConfigError(f"config error: {path}: base {base!r} not found (neither a file beside it "
+                          f"nor a packaged config: {', '.join(packaged_config_names())})")
+    return merge_config_values(read_config_file(base_path, (*_including, path)), values)
+
+
+def read_config_values(config: ConfigRef | list[ConfigRef] | None) -> dict[str, Any]:
+    """The raw values of one config, or of several merged left to right (a later one's values win)."""
+    refs = [] if config is None else [config] if isinstance(config, (str, Path)) else list(config)
     values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config error: no such config file {p}")
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config error: {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"config error: {p} must hold a mapping at the top level")
-    values = apply_overrides(values, overrides or [])
+    for ref in refs:
+        path = find_config_file(ref)
+        if path is None:
+            raise ConfigError(f"config error: no such config file or packaged config {str(ref)!r} "
+                              f"(packaged: {', '.join(packaged_config_names())})")
+        values = merge_config_values(values, read_config_file(path))
+    return values
+
+
+def load_config(config: ConfigRef | list[ConfigRef] | None = None,
+                overrides: list[str] | None = None) -> ExperimentConfig:
+    """The validated experiment config of `config` (a path or packaged name, or a list of them merged
+    left to right, e.g. [`tiny_jest`, `gpu`]) with `section.field=value` overrides applied last."""
+    values = apply_overrides(read_config_values(config), overrides or [])
     return config_from_dict(values)
 
 
+def config_yaml(cfg: ExperimentConfig) -> str:
+    """`cfg` as a complete YAML experiment file (every field, no `base:`)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
 
 
 # --------------------------------------------------------------------------- DeepSpeed JSON
 
-def resolve_path(p: str | Path) -> Path:
-    """Paths in configs are relative to the working directory, falling back to the repo root."""
-    path = Path(p)
-    if path.is_absolute() or path.exists():
+def packaged_ds_configs() -> dict[str, Path]:
+    """The DeepSpeed JSONs shipped with jest-ds (package `jest_ds.ds_configs`), by file name."""
+    from importlib import resources
+
+    try:
+        directory = resources.files("jest_ds.ds_configs")
+    except ModuleNotFoundError:  # a source tree on sys.path that was never installed
+        return {}
+    return {p.name: Path(str(p)) for p in directory.iterdir() if p.name.endswith(".json")}
+
+
+def ds_config_path(ref: str) -> Path:
+    """`train.ds_config` as a file: a path that exists, else a packaged DeepSpeed JSON named
+    `tiny.json`, `tiny` or `ds_configs/tiny.json`."""
+    path = Path(ref)
+    if path.is_file():
         return path
-    return REPO_ROOT / path
+    packaged = packaged_ds_configs()
+    name = path.name if path.suffix == ".json" else path.name + ".json"
+    if path.parent in (Path("."), Path("ds_configs")) and name in packaged:
+        return packaged[name]
+    known = ", ".join(sorted(packaged)) or "none: jest_ds.ds_configs is not installed (pip install -e .)"
+    raise ConfigError(f"config error: train.ds_config = {ref!r}: no such file nor a packaged DeepSpeed config "
+                      f"(packaged: {known})")
 
 
 def resolved_precision(cfg: ExperimentConfig) -> str:
@@ -327,10 +423,7 @@ def resolved_precision(cfg: ExperimentConfig) -> str:
 
 def deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON for this run: the base file plus keys derived from `cfg`."""
-    base_path = resolve_path(cfg.train.ds_config)
-    if not base_path.is_file():
-        raise ConfigError(f"config error: train.ds_config = {cfg.train.ds_config!r}: file not found")
-    ds = json.loads(base_path.read_text())
+    ds = json.loads(ds_config_path(cfg.train.ds_config).read_text())
     b = cfg.train.batch_size
     if b % world_size:
         raise ConfigError(f"config error: train.batch_size = {b}: must be divisible by the world size ({world_size})")

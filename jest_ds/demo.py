@@ -5,7 +5,7 @@
 number of iterations; 5. print the speedup table (and write it with a plot).
 
 Each stage is a `jest-ds train` subprocess on one process (DeepSpeed engine, world size 1);
-`--scale gpu` switches to a larger model and batch for a GPU.
+`--scale gpu` adds the packaged `gpu` config (a larger model and batch) to every run.
 """
 from __future__ import annotations
 
@@ -16,16 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent / "launch" / "configs"
+# method -> packaged experiment config (the selecting runs point at the demo's own reference)
+RUNS = {"iid": "tiny_iid", "jest": "tiny_jest", "flexi": "tiny_flexi", "independent": "tiny_independent"}
 
-# name -> experiment YAML (the selecting runs point at the demo's own reference)
-RUNS = {"iid": "tiny_iid.yaml", "jest": "tiny_jest.yaml", "flexi": "tiny_flexi.yaml",
-        "independent": "tiny_independent.yaml"}
-
-GPU_OVERRIDES = ["model.image_size=64", "model.patch_size=8", "model.coarse_patch_size=16",
-                 "model.vision_width=384", "model.vision_depth=6", "model.vision_heads=6",
-                 "model.text_width=384", "model.text_depth=4", "model.text_heads=6", "model.embed_dim=256",
-                 "model.context_length=24", "train.batch_size=1024", "train.precision=auto"]
+SCALE_CONFIGS = {"cpu": [], "gpu": ["gpu"]}  # packaged configs merged over every run's config
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
@@ -37,10 +31,11 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="iid,jest,flexi", help=f"comma list from {sorted(RUNS)}")
     p.add_argument("--gain", type=float, default=None, help="override selection.gain")
     p.add_argument("--filter-ratio", type=float, default=None, help="override selection.filter_ratio")
-    p.add_argument("--scale", choices=["cpu", "gpu"], default="cpu", help="gpu: larger model and batch")
+    p.add_argument("--scale", choices=sorted(SCALE_CONFIGS), default="cpu",
+                   help="gpu: a larger model and batch (the packaged gpu config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", default="", help="reuse an exported reference instead of training one")
-    p.add_argument("--reference-cache", default="", help="its pool cache (default: <out>/reference_cache.safetensors)")
+    p.add_argument("--reference-cache", default="", help="its pool cache directory (default: <out>/reference_cache)")
     p.add_argument("--tag", default="", help="suffix for the run directories (e.g. _f0.5)")
     p.add_argument("--force", action="store_true", help="re-run stages whose outputs exist")
     p.add_argument("--metric", default="eval/icon_retrieval/headline",
@@ -57,13 +52,12 @@ def _run(cmd: list[str]) -> None:
     print(f"  ({time.time() - t0:.0f} s)", flush=True)
 
 
-def _train_cmd(config: Path, out_dir: Path, steps: int, args, extra: list[str]) -> list[str]:
+def _train_cmd(config: str, out_dir: Path, steps: int, args, extra: list[str]) -> list[str]:
     sets = [f"train.out_dir={out_dir}", f"train.steps={steps}", f"train.eval_every={args.eval_every}",
             f"data.root={args.data_root}", f"train.seed={args.seed}"]
-    if args.scale == "gpu":
-        sets += GPU_OVERRIDES
     sets += extra
-    return [sys.executable, "-m", "jest_ds.cli", "train", "--config", str(config)] + \
+    configs = [config] + SCALE_CONFIGS[args.scale]
+    return [sys.executable, "-m", "jest_ds.cli", "train"] + [x for c in configs for x in ("--config", c)] + \
         [x for s in sets for x in ("--set", s)]
 
 
@@ -78,11 +72,11 @@ def run_demo(args: argparse.Namespace) -> int:
     ref_dir = Path(args.reference).parent if args.reference else out / "reference"
     ref_export = Path(args.reference) if args.reference else ref_dir / "export"
     if not args.reference and (args.force or not (ref_export / "model.safetensors").is_file()):
-        _run(_train_cmd(CONFIGS / "tiny_reference.yaml", ref_dir, args.reference_steps, args, []))
-    cache = Path(args.reference_cache) if args.reference_cache else out / "reference_cache.safetensors"
-    if args.force or not cache.is_file():
-        _run([py, "-m", "jest_ds.cli", "cache-ref", "--reference", str(ref_export), "--data-root", str(root),
-              "--part", "pool", "--out", str(cache)])
+        _run(_train_cmd("tiny_reference", ref_dir, args.reference_steps, args, []))
+    cache = Path(args.reference_cache) if args.reference_cache else out / "reference_cache"
+    # always: cache-ref skips the shards already cached by this reference and redoes the others
+    _run([py, "-m", "jest_ds.cli", "cache-ref", "--reference", str(ref_export), "--data-root", str(root),
+          "--part", "pool", "--out", str(cache)])
 
     run_dirs = []
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
@@ -97,7 +91,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if args.filter_ratio is not None:
                 extra.append(f"selection.filter_ratio={args.filter_ratio}")
         if args.force or not (run_dir / "summary.json").is_file():
-            _run(_train_cmd(CONFIGS / RUNS[name], run_dir, args.steps, args, extra))
+            _run(_train_cmd(RUNS[name], run_dir, args.steps, args, extra))
         run_dirs.append(run_dir)
 
     from jest_ds.reports.speedup import write_report

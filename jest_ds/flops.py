@@ -38,25 +38,24 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping
 
-from jest_ds.config import ExperimentConfig, ModelConfig
+from jest_ds.config import ExperimentConfig, ModelConfig, load_config, packaged_config_names
 
 # --------------------------------------------------------------------------- model presets
 
-MODEL_PRESETS: dict[str, ModelConfig] = {
-    # the ModelConfig defaults (CPU scale); vocab only sizes the (free) embedding table
-    "tiny": ModelConfig(vocab_size=1000),
-    # the paper's learner: ViT-B/16 at 256 px (patch 32 for Flexi-JEST) + BERT-B, 64 tokens
-    "base": ModelConfig(image_size=256, patch_size=16, coarse_patch_size=32,
-                        vision_width=768, vision_depth=12, vision_heads=12,
-                        text_width=768, text_depth=12, text_heads=12,
-                        context_length=64, vocab_size=32000, embed_dim=768),
-}
+def model_preset_names() -> list[str]:
+    """The FLOP presets: the packaged configs under models/ (`tiny`, `base`)."""
+    return [n.removeprefix("models/") for n in packaged_config_names() if n.startswith("models/")]
+
+
+def preset_config(name: str) -> ExperimentConfig:
+    """The packaged FLOP preset jest_ds/configs/models/<name>.yaml: a model and its batch b."""
+    if name not in model_preset_names():
+        raise ValueError(f"unknown model preset {name!r} (known: {model_preset_names()})")
+    return load_config(f"models/{name}")
 
 
 def model_preset(name: str) -> ModelConfig:
-    if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {name!r} (known: {sorted(MODEL_PRESETS)})")
-    return dataclasses.replace(MODEL_PRESETS[name])
+    return preset_config(name).model
 
 
 # --------------------------------------------------------------------------- analytic: towers
@@ -198,7 +197,7 @@ def step_flops(cfg: ExperimentConfig, world_size: int = 1, reference_cfg: ModelC
     B = cfg.super_batch_size
     out = dict.fromkeys(COMPONENTS, 0)
 
-    # training: each rank encodes its own b/world (Flexi: the last round(frac·b_r) at the coarse patch)
+    # training: each rank encodes its own b/world (Flexi: a random round(frac·b_r) at the coarse patch)
     coarse = m.coarse_patch_size if s.flexi else None
     for b_r in _split_even(b, world_size):
         n_lo = int(round(b_r * s.flexi_low_res_fraction)) if s.flexi else 0
@@ -424,9 +423,9 @@ def mfu(flops_per_step: float, step_time_s: float, peak_flops: float | None) -> 
 
 
 __all__ = [
-    "COMPONENTS", "FlopLedger", "MODEL_PRESETS", "cost_ratio", "flexi_image_ratio", "flexi_learner_ratio",
+    "COMPONENTS", "FlopLedger", "cost_ratio", "flexi_image_ratio", "flexi_learner_ratio",
     "image_tower_breakdown", "image_tower_flops", "learner_forward_flops", "measure_forward_flops",
-    "measure_fvcore_flops", "mfu", "model_preset", "pair_score_flops", "paper_cost_ratio",
-    "patch_resample_flops", "peak_flops_guess", "siglip_logits_flops", "step_flops", "text_tower_breakdown",
-    "text_tower_flops", "with_selection",
+    "measure_fvcore_flops", "mfu", "model_preset", "model_preset_names", "pair_score_flops", "paper_cost_ratio",
+    "patch_resample_flops", "peak_flops_guess", "preset_config", "siglip_logits_flops", "step_flops",
+    "text_tower_breakdown", "text_tower_flops", "with_selection",
 ]

@@ -2,16 +2,16 @@
 # Usage: launch/single_gpu.sh [CONFIG] [--set section.field=value ...] [--resume latest] [other `jest-ds train` flags]
 #
 # One process (one GPU, or the CPU when there is none) through the deepspeed launcher.
-# CONFIG defaults to launch/configs/tiny_iid.yaml (a smoke run). Everything after CONFIG is passed
-# to `jest-ds train` unchanged, e.g.
-#   launch/single_gpu.sh launch/configs/tiny_jest.yaml --set train.steps=20 --set train.zero_stage=3
+# CONFIG (a YAML path or a packaged config name, `jest-ds config list`) defaults to tiny_iid (a smoke
+# run). Everything after CONFIG is passed to `jest-ds train` unchanged, e.g.
+#   launch/single_gpu.sh tiny_jest --set train.steps=20 --set train.zero_stage=3
 # Env: MASTER_PORT (default 29500), OMP_NUM_THREADS (default 1 per process),
 #      JEST_DS_PLAIN_PYTHON=1 runs `python launch/train.py` without the deepspeed launcher.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
-CONFIG="${1:-$HERE/configs/tiny_iid.yaml}"
+CONFIG="${1:-tiny_iid}"
 [[ $# -gt 0 ]] && shift
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 PYTHON="${PYTHON:-python}"

@@ -2,7 +2,7 @@
 # Usage: launch/single_node.sh NUM_GPUS CONFIG [--set section.field=value ...] [--resume latest] [...]
 #
 # NUM_GPUS data-parallel ranks on this node through the deepspeed launcher, e.g.
-#   launch/single_node.sh 8 launch/configs/tiny_jest.yaml --set train.zero_stage=3
+#   launch/single_node.sh 8 tiny_jest --set train.zero_stage=3
 # On a machine without GPUs the ranks run on the CPU (gloo); the launcher then also needs
 # LOCAL_SIZE=NUM_GPUS, which this script sets.
 # Env: MASTER_PORT (default 29500), OMP_NUM_THREADS (default: cores / NUM_GPUS, at least 1).

@@ -6,12 +6,8 @@ ignores it: LOCAL_RANK is read from the environment) before or after the `train`
 torchrun runs this script unchanged.
 """
 import sys
-from pathlib import Path
 
-# Runnable from a checkout without `pip install -e .`.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from jest_ds.cli import main  # noqa: E402
+from jest_ds.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -102,3 +102,42 @@ def tiny_config(root: Path, out_dir: Path, **sections) -> dict:
     for sec, vals in sections.items():
         cfg.setdefault(sec, {}).update(vals)
     return cfg
+
+
+# --------------------------------------------------------------------------- tiny crafted shards
+WORDS = ["red", "green", "blue", "cat", "dog", "house", "tree", "star", "moon", "sun"]
+
+
+def icon_png(i: int, size: int = 8) -> bytes:
+    img = Image.new("RGB", (size, size), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def icon_sample(i: int, **over) -> tuple[str, dict[str, bytes]]:
+    """Sample ``s{i:05d}`` (png, txt, json); ``over`` replaces members (None drops one)."""
+    key = f"s{i:05d}"
+    parts = {
+        "png": icon_png(i),
+        "txt": f"an icon of {WORDS[i % 10]} {WORDS[(i // 10) % 10]}.".encode(),
+        "json": json.dumps({"key": key, "source": "test", "licence": "CC0-1.0", "caption_noisy": False,
+                            "label": i % 3}).encode(),
+    }
+    parts.update(over)
+    return key, {k: v for k, v in parts.items() if v is not None}
+
+
+def icon_shards(d: Path, n: int, per_shard: int, start: int = 0) -> list[Path]:
+    """``n`` icon samples in shards ``part-000000.tar``… of ``per_shard`` samples under ``d``."""
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for si, s in enumerate(range(start, start + n, per_shard)):
+        p = d / f"part-{si:06d}.tar"
+        write_tar(p, [icon_sample(i) for i in range(s, min(s + per_shard, start + n))])
+        out.append(p)
+    return out
+
+
+def icon_tokenizer(path: Path):
+    return train_tokenizer([f"an icon of {a} {b}." for a in WORDS for b in WORDS], vocab_size=200, path=path)

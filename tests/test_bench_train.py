@@ -30,7 +30,7 @@ def test_bench_train_iid_jest_flexi(bench, synthetic_root, tmp_path, capsys):
     trainer = Trainer(config_from_dict(ref_cfg), show_progress=False)
     trainer.export()
     trainer.metrics.close()
-    cache = tmp_path / "pool_cache.safetensors"
+    cache = tmp_path / "pool_cache"
     build_cache(ref_dir / "export", synthetic_root / "pool", cache,
                 CaptionTokenizer.from_file(synthetic_root / "tokenizer.json"), progress=False)
 

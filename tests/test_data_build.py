@@ -18,7 +18,8 @@ from PIL import Image
 
 from jest_ds.data.build import build_dataset
 from jest_ds.data.eval_sets import list_eval_sets, load_eval_set
-from jest_ds.data.shards import ShardBatches, SkipCounter
+from jest_ds.data.loader import SuperBatchLoader
+from jest_ds.data.shards import SkipCounter
 from jest_ds.data.tokenizer import CaptionTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +128,7 @@ def test_layout_manifest_licences(built):
                  "eval/tuxpaint_retrieval", "eval/fashion_mnist"):
         part = disk["parts"][name]
         assert part["n"] > 0 and sum(part["sources"].values()) == part["n"]
+        assert len(part["shard_sizes"]) == len(part["shards"]) and sum(part["shard_sizes"]) == part["n"]
         for s in part["shards"]:
             assert (root / s).is_file()
     assert disk["parts"]["pool"]["n"] == 120 and len(disk["parts"]["pool"]["shards"]) == 3
@@ -221,10 +223,11 @@ def test_reader_on_built_dataset(built):
     root, _ = built
     tok = CaptionTokenizer.from_file(root / "tokenizer.json")
     sk = SkipCounter()
-    ld = ShardBatches(root / "pool", 16, 16, tok, 16, seed=0, skipped=sk, shuffle_buffer=50)
-    bs = list(ld.epoch(0))
-    assert len(bs) == 120 // 16 and sk.total == 0
-    assert bs[0].images.shape == (16, 3, 16, 16)
+    ld = SuperBatchLoader(root / "pool", 16, 16, tok, 16, seed=0, skipped=sk, shuffle_buffer=50)
+    assert ld.num_samples == 120 and ld.batches_per_epoch == 120 // 16  # from the manifest, not a pass
+    it = iter(ld)
+    bs = [next(it) for _ in range(ld.batches_per_epoch)]
+    assert sk.total == 0 and bs[0].images.shape == (16, 3, 16, 16)
 
 
 def test_real_packages_small_build(tmp_path):

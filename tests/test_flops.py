@@ -15,6 +15,7 @@ from torch import nn
 from jest_ds import flops
 from jest_ds.config import ExperimentConfig, ModelConfig
 from jest_ds.models import ImageTower, TextTower
+from jest_ds.train.resolution_split import coarse_mask
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ModelConfig(vocab_size=1000)
@@ -333,8 +334,8 @@ def test_step_flops_match_a_measured_step(flexi):
     chosen = joint_sample(learner, reference, b, n_chunks=4, generator=torch.Generator().manual_seed(0))
 
     def train():
-        coarse = int(round(b * cfg.selection.flexi_low_res_fraction)) if flexi else 0
-        enc = model(images[chosen], tokens[chosen], coarse_count=coarse)
+        coarse = coarse_mask(0, 0, b, cfg.selection.flexi_low_res_fraction) if flexi else None
+        enc = model(images[chosen], tokens[chosen], coarse=coarse)
         sigmoid_loss_dense(enc.img, enc.txt, enc.log_scale, enc.bias).backward()
 
     measured["training"] = flops.measure_forward_flops(train, no_grad=False)

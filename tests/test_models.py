@@ -59,19 +59,19 @@ def test_flexi_kernel_resample_preserves_upsampled_tokens():
 
 def test_dual_encoder_outputs_and_siglip_init():
     model = _model()
-    enc = model(torch.randn(4, 3, 32, 32), torch.randint(1, 50, (4, 8)), coarse_count=2)
+    enc = model(torch.randn(4, 3, 32, 32), torch.randint(1, 50, (4, 8)), coarse=torch.tensor([False, True, False, True]))
     assert enc.img.shape == enc.txt.shape == (4, 16)
     assert torch.allclose(enc.img.norm(dim=-1), torch.ones(4), atol=1e-5)
     assert torch.allclose(enc.txt.norm(dim=-1), torch.ones(4), atol=1e-5)
     assert enc.log_scale.shape == (1,) and math.isclose(enc.log_scale.item(), math.log(10), rel_tol=1e-6)
     assert enc.bias.shape == (1,) and enc.bias.item() == -10.0
-    # the last coarse_count images went through the coarse patch: they equal a coarse-only encode
+    # the masked images went through the coarse patch, in place: they equal a coarse-only encode
     images = torch.randn(4, 3, 32, 32)
-    mixed = model(images, None, coarse_count=2).img
-    coarse = model(images[2:], None, patch_size=8).img
-    fine = model(images[:2], None).img
-    assert torch.allclose(mixed, torch.cat([fine, coarse]), atol=1e-6)
-    assert not torch.allclose(model(images[2:], None).img, coarse, atol=1e-3)
+    mixed = model(images, None, coarse=torch.tensor([False, True, False, True])).img
+    coarse = model(images[1::2], None, patch_size=8).img
+    fine = model(images[0::2], None).img
+    assert torch.allclose(mixed[1::2], coarse, atol=1e-6) and torch.allclose(mixed[0::2], fine, atol=1e-6)
+    assert not torch.allclose(model(images[1::2], None).img, coarse, atol=1e-3)
 
 
 def test_padding_tokens_do_not_change_text_embedding():

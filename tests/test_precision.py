@@ -34,8 +34,9 @@ def test_bf16_model_accepts_float32_inputs_and_tracks_fp32():
     images = torch.randn(6, 3, 16, 16)
     tokens = torch.randint(1, 64, (6, 8))
     with torch.no_grad():
-        ref = model(images, tokens, coarse_count=3)
-        half = model.to(torch.bfloat16)(images, tokens, coarse_count=3)
+        coarse = torch.tensor([True, False, True, False, False, True])
+        ref = model(images, tokens, coarse=coarse)
+        half = model.to(torch.bfloat16)(images, tokens, coarse=coarse)
     assert half.img.dtype == torch.bfloat16 and half.txt.dtype == torch.bfloat16
     # unit vectors: bf16 keeps ~3 significant digits
     assert (half.img.float() - ref.img).abs().max() < 0.05

@@ -10,7 +10,7 @@ import torch
 
 from synthetic_data import tiny_config
 from jest_ds.config import config_from_dict
-from jest_ds.data.reference_cache import ReferenceCache, StaleCacheError, build_cache
+from jest_ds.data.reference_cache import CacheMismatchError, ReferenceCache, StaleCacheError, build_cache
 from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.models.export import load_exported
 from jest_ds.train.metrics import read_metrics
@@ -24,7 +24,7 @@ def reference(synthetic_root, tmp_path_factory):
     cfg = tiny_config(synthetic_root, out, data={"root": str(synthetic_root), "train_part": "curated"},
                       train={"steps": 150, "eval_every": 0})
     train(config_from_dict(cfg), show_progress=False)
-    cache = out / "pool_cache.safetensors"
+    cache = out / "pool_cache"
     build_cache(out / "export", synthetic_root / "pool", cache,
                 CaptionTokenizer.from_file(synthetic_root / "tokenizer.json"), progress=False)
     return out / "export", cache
@@ -86,22 +86,22 @@ def test_flexi_and_independent_and_uncached_reference_run(synthetic_root, refere
 def test_reference_cache_round_trip_and_refusals(synthetic_root, reference, tmp_path):
     export, cache_path = reference
     model, _, digest = load_exported(export)
-    cache = ReferenceCache.load(cache_path, expected_hash=digest)
-    assert len(cache) == 1024 and cache.img.dtype == torch.float16
-    from jest_ds.data.shards import ShardBatches
+    cache = ReferenceCache(cache_path, expected_hash=digest)
+    assert cache.header["valid"] == 1024 and cache.header["dtype"] == "float16"
+    from jest_ds.data.loader import SuperBatchLoader
 
     tok = CaptionTokenizer.from_file(synthetic_root / "tokenizer.json")
-    batch = next(iter(ShardBatches(synthetic_root / "pool", 16, 16, tok, 8).epoch(0)))
+    batch = next(iter(SuperBatchLoader(synthetic_root / "pool", 16, 16, tok, 8)))
     with torch.no_grad():
         enc = model(batch.images, batch.tokens)
-    img, txt = cache.lookup(batch.keys)
+    img, txt = cache.lookup(batch.urls, batch.rows, batch.keys)  # the loader's batch finds its rows
     assert torch.allclose(img, enc.img, atol=2e-3) and torch.allclose(txt, enc.txt, atol=2e-3)
     with pytest.raises(StaleCacheError, match="not by the configured reference"):
-        ReferenceCache.load(cache_path, expected_hash="0" * 64)
-    with pytest.raises(KeyError, match="no entry for sample key 'nope'"):
-        cache.lookup(["nope"])
+        ReferenceCache(cache_path, expected_hash="0" * 64)
+    with pytest.raises(CacheMismatchError, match="the batch has 'nope'"):
+        cache.lookup(batch.urls[:1], batch.rows[:1], ["nope"])
     with pytest.raises(FileNotFoundError, match="cache-ref"):
-        ReferenceCache.load(tmp_path / "missing.safetensors")
+        ReferenceCache(tmp_path / "missing")
 
 
 def test_training_with_a_stale_cache_is_refused(synthetic_root, reference, tmp_path):

@@ -2,7 +2,7 @@
 """Wall-clock and FLOPs of the learner's no-grad scoring pass at the base vs the coarse patch
 (Flexi-JEST's saving; the paper reports -72% FLOPs and -67% wall-clock at patch 32 vs 16).
 
-    python tools/bench_scoring.py --config launch/configs/tiny_flexi.yaml --candidates 640
+    python tools/bench_scoring.py --config tiny_flexi --candidates 640
 Ratios come from one run: both patch sizes are timed alternately on the same inputs.
 """
 import argparse
@@ -20,7 +20,7 @@ from jest_ds.models import DualEncoder
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="launch/configs/tiny_flexi.yaml")
+    p.add_argument("--config", default="tiny_flexi", help="experiment YAML: a path or a packaged name")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--candidates", type=int, default=640, help="super-batch size scored per call")
     p.add_argument("--repeats", type=int, default=10)

@@ -20,7 +20,7 @@ timed pass-throughs to the bound originals; forward is the remainder. What `Trai
 besides the step (metrics file, eval, checkpoints) is not timed.
 
     python tools/bench_train.py --methods iid,jest,flexi --steps 20 --warmup 3 \\
-        --reference runs/tiny_reference/export --reference-cache data/embedded/pool/reference_cache.safetensors
+        --reference runs/tiny_reference/export --reference-cache data/embedded/pool/reference_cache
     deepspeed --num_gpus 1 tools/bench_train.py ...   # or plain python on one GPU
 
 Samples/s counts TRAINED samples (the global selected batch b) per second. FLOPs are the ledger's
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from jest_ds import flops as flop_model  # noqa: E402
-from jest_ds.config import apply_overrides, config_from_dict, load_config  # noqa: E402
+from jest_ds.config import apply_overrides, config_from_dict, load_config, read_config_values  # noqa: E402
 
 PHASES = ("data", "score", "select", "forward", "backward", "optimizer", "other")
 METHODS = {  # selection overrides per benchmarked method
@@ -231,7 +231,7 @@ def machine_info() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="launch/configs/tiny_iid.yaml", help="experiment YAML (the base config)")
+    p.add_argument("--config", default="tiny_iid", help="experiment YAML, a path or a packaged name (the base config)")
     p.add_argument("--set", action="append", default=[], metavar="K=V", help="config override, repeatable")
     p.add_argument("--methods", default="iid,jest,flexi", help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--steps", type=int, default=20, help="timed steps per method")
@@ -239,8 +239,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference", default="runs/tiny_reference/export",
                    help="exported reference dir for jest / flexi / independent (default: %(default)s)")
     p.add_argument("--reference-cache", default="",
-                   help="reference cache .safetensors of the training shards (default: the config's "
-                        "data.reference_cache, else <train shards>/reference_cache.safetensors as cache-ref writes)")
+                   help="reference cache directory of the training shards (default: the config's "
+                        "data.reference_cache, else <train shards>/reference_cache as cache-ref writes)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="peak FLOP/s PER DEVICE for MFU (default on CUDA: peak_flops_guess; CPU: none)")
     p.add_argument("--out", default="", help="write the results as JSON here")
@@ -260,10 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     for name in ("DeepSpeed", "deepspeed"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    import yaml
-
-    base = yaml.safe_load(Path(args.config).read_text()) or {}
-    base = apply_overrides(base, args.set)
+    base = apply_overrides(read_config_values(args.config), args.set)
     load_config(args.config, args.set)  # validate the base config once, with its own error messages
     selecting = [m for m in args.method_list if m != "iid"]
     if selecting and not Path(args.reference).is_dir():

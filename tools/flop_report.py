@@ -9,7 +9,7 @@ pair scores and the loss logits are counted, and Flexi-JEST only approximates
 the image tower. Writes DIR/flop_report.md (also printed) and DIR/flop_report.png.
 
     python tools/flop_report.py --model-preset base --out-dir runs/flops
-    python tools/flop_report.py --config launch/tiny_jest.yaml --out-dir runs/flops \
+    python tools/flop_report.py --config tiny_jest --out-dir runs/flops \
         --measured runs/*/metrics.jsonl
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jest_ds.config import ExperimentConfig, load_config  # noqa: E402
 from jest_ds.flops import (COMPONENTS, flexi_image_ratio, flexi_learner_ratio, learner_forward_flops,  # noqa: E402
-                           model_preset, paper_cost_ratio, step_flops, with_selection)
+                           model_preset, model_preset_names, paper_cost_ratio, preset_config, step_flops,
+                           with_selection)
 
 FILTER_RATIOS = (0.5, 0.8, 0.9)
 THRESHOLD = 1.15  # the claim checked: Flexi-JEST at f = 0.8 (cached) costs at most this × IID
-PRESET_BATCH = {"tiny": 128, "base": 32768}  # b when no config is given (base: the paper's b)
 
 # (label, method, flexi, reference cached)
 METHODS = (
@@ -41,17 +41,15 @@ METHODS = (
 
 
 def build_config(config: str | None, preset: str | None) -> tuple[ExperimentConfig, str]:
-    if config:
-        cfg = load_config(config)
-        where = config
-    else:
-        cfg = ExperimentConfig()
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=PRESET_BATCH[preset or "tiny"]))
-        where = "defaults"
-    if preset or not config:
-        cfg = dataclasses.replace(cfg, model=model_preset(preset or "tiny"))
-        where += f", model preset {preset or 'tiny'}"
-    return cfg, where
+    """The config to cost and how to name it: a preset alone (its model and batch), a config, or a
+    config with its model replaced by a preset's."""
+    if not config:
+        name = preset or "tiny"
+        return preset_config(name), f"model preset {name}, the packaged config models/{name}"
+    cfg = load_config(config)
+    if not preset:
+        return cfg, config
+    return dataclasses.replace(cfg, model=model_preset(preset)), f"{config}, model preset {preset}"
 
 
 def variant(cfg: ExperimentConfig, method: str, flexi: bool, cached: bool, f: float) -> ExperimentConfig:
@@ -101,7 +99,7 @@ def markdown(cfg: ExperimentConfig, where: str, rows: list[dict[str, Any]]) -> s
         lines.append(f"| {r['f']:.1f} | {r['method']} | {r['B']} | {r['b']} | {r['paper']:.3f}× | "
                      f"{r['paper_learner_A']:.3f}× | {r['ours']:.3f}× | "
                      f"{r['scoring']:.3f} | {r['reference']:.3f} | {r['selection']:.4f} | {r['training']:.3f} |")
-    if where != "defaults" and not where.startswith("defaults,"):
+    if not where.startswith("model preset"):
         own = step_flops(cfg)
         sel = cfg.selection
         name = sel.method + (" + flexi" if sel.flexi else "") + ("" if sel.method == "iid" else
@@ -220,7 +218,8 @@ def measured_section(paths: list[str], iid_analytic: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="experiment YAML (b, n_chunks, score, model); optional")
-    ap.add_argument("--model-preset", choices=("tiny", "base"), help="model to cost (default: the config's, else tiny)")
+    ap.add_argument("--model-preset", choices=model_preset_names(),
+                    help="model to cost (default: the config's, else tiny); presets are packaged configs models/NAME")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--measured", nargs="*", default=[], help="runs/*/metrics.jsonl (or run dirs)")
     args = ap.parse_args(argv)

@@ -8,7 +8,7 @@ OUT="${1:-runs/experiments}"
 STEPS="${2:-400}"
 PY="${PYTHON:-.venv/bin/python}"
 "$PY" -m jest_ds.cli demo --out "$OUT" --steps "$STEPS" --methods iid,jest,flexi,independent
-REF=(--reference "$OUT/reference/export" --reference-cache "$OUT/reference_cache.safetensors")
+REF=(--reference "$OUT/reference/export" --reference-cache "$OUT/reference_cache")
 for f in 0.5 0.9; do
   "$PY" -m jest_ds.cli demo --out "$OUT" --steps "$STEPS" --methods jest --filter-ratio "$f" --tag "_f$f" "${REF[@]}"
 done

@@ -445,7 +445,9 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
             info = post(samples) or {}
         shards = _write_part(root, rel_dir, name, samples, shard_size)
         parts[name if not rel_dir.startswith("eval/") else rel_dir] = {
-            "n": len(samples), "shards": shards, "sources": _count_sources(samples), **info}
+            "n": len(samples), "shards": shards, "sources": _count_sources(samples),
+            # samples per shard, aligned with "shards" (the training loader's count, no pass over the data)
+            "shard_sizes": [len(samples[i:i + shard_size]) for i in range(0, len(samples), shard_size)], **info}
         if eval_json is not None:
             (root / rel_dir / "eval.json").write_text(json.dumps(eval_json, indent=1, sort_keys=True) + "\n")
         return samples

@@ -1,19 +1,34 @@
-"""Held-out evaluation sets, loaded whole into memory.
+"""Held-out evaluation sets: the on-disk format, loading one whole into memory, writing one.
 
-``<root>/eval/<name>/`` holds ``<name>-*.tar`` shards and ``eval.json``:
-``{"task": "zeroshot" | "retrieval", "classes": [...] | null, "templates": [...] | null}``.
-Zero-shot samples carry ``"label": int`` (index into ``classes``) in their json.
+A set is a directory ``<name>/`` holding webdataset shards ``*.tar`` (each sample: an image
+``png``/``jpg``/``jpeg``/``webp``, a caption ``txt``, a ``json``) and ``eval.json``::
+
+    {"task": "zeroshot" | "retrieval",
+     "classes": ["cat", "dog", ...],          # zeroshot: class names, index = label
+     "templates": ["a photo of {}.", ...]}    # zeroshot, optional: prompts, {} = the class name
+
+Zero-shot samples carry ``"label": int`` (an index into ``classes``) in their json; retrieval
+pairs each image with its caption. A zero-shot set without ``templates`` uses
+``DEFAULT_TEMPLATES``. Images get the training preprocessing (`shards.prepare_image`). Samples
+that cannot be used (undecodable image, zero-shot sample without a label, ...) are skipped and
+counted per reason in ``EvalSet.skipped``. See docs/evaluation.md.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
 import torch
 
-from .shards import SkipCounter, decode_image, iter_raw_samples, resolve_urls, to_tensor
+from .shards import IMAGE_EXTS, SkipCounter, decode_image, iter_raw_samples, resolve_urls, to_tensor, write_tar
+
+TASKS = ("zeroshot", "retrieval")
+DEFAULT_TEMPLATES = ("a photo of {}.",)  # CLIP's plain prompt, for a zero-shot set without templates
+SPEC_FILE = "eval.json"
 
 
 @dataclass
@@ -24,34 +39,119 @@ class EvalSet:
     captions: list[str]
     labels: torch.Tensor | None       # int64 [N] for zero-shot
     classes: list[str] | None
-    templates: list[str] | None
+    templates: list[str] | None       # zero-shot: the set's templates, or DEFAULT_TEMPLATES
     keys: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)  # samples skipped while loading, by reason
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
+def check_template(template: Any, where: str) -> str:
+    """A zero-shot template must be a string with exactly one ``{}`` (where the class name goes)."""
+    if not isinstance(template, str):
+        raise ValueError(f"{where}: template {template!r} must be a string with one {{}} for the class name")
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:  # e.g. a lone "{" or "}"
+        raise ValueError(f"{where}: template {template!r} is not a format string ({exc}); "
+                         "write {} for the class name and {{ }} for literal braces") from None
+    named = [name for name in fields if name != ""]
+    if named:
+        raise ValueError(f"{where}: template {template!r} has a named field {{{named[0]}}}; "
+                         "use {} for the class name")
+    if len(fields) != 1:
+        raise ValueError(f"{where}: template {template!r} must contain exactly one {{}} for the class name, "
+                         f"found {len(fields)}")
+    return template
+
+
+def check_spec(spec: Any, where: str) -> dict[str, Any]:
+    """The validated ``eval.json`` content: {"task", "classes", "templates"} (templates defaulted)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: must hold a JSON object with 'task'")
+    task = spec.get("task")
+    if task not in TASKS:
+        raise ValueError(f"{where}: task must be 'zeroshot' or 'retrieval', got {task!r}")
+    classes, templates = spec.get("classes"), spec.get("templates")
+    if task == "zeroshot":
+        if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+            raise ValueError(f"{where}: a zeroshot set needs 'classes', a non-empty list of class names")
+        if templates is None or templates == []:
+            templates = list(DEFAULT_TEMPLATES)
+        if not isinstance(templates, list):
+            raise ValueError(f"{where}: 'templates' must be a list of strings, got {templates!r}")
+        templates = [check_template(t, where) for t in templates]
+    return {"task": task, "classes": list(classes) if task == "zeroshot" else None,
+            "templates": templates if task == "zeroshot" else None}
+
+
+def read_spec(directory: str | Path) -> dict[str, Any]:
+    d = Path(directory)
+    spec_f = d / SPEC_FILE
+    if not spec_f.is_file():
+        raise FileNotFoundError(f"{SPEC_FILE} not found in evaluation set directory: {d}")
+    try:
+        spec = json.loads(spec_f.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"eval set {d.name!r} ({spec_f}): not valid JSON: {exc}") from None
+    return check_spec(spec, f"eval set {d.name!r} ({spec_f})")
+
+
+def is_eval_set(directory: str | Path) -> bool:
+    return (Path(directory) / SPEC_FILE).is_file()
+
+
 def list_eval_sets(root: str | Path) -> list[Path]:
     """Evaluation set directories under ``<root>/eval`` (or ``root`` itself if it is one)."""
     root = Path(root)
-    if (root / "eval.json").is_file():
+    if is_eval_set(root):
         return [root]
     base = root / "eval" if (root / "eval").is_dir() else root
     if not base.is_dir():
         raise FileNotFoundError(f"evaluation directory not found: {base}")
-    return sorted(d for d in base.iterdir() if (d / "eval.json").is_file())
+    return sorted(d for d in base.iterdir() if is_eval_set(d))
+
+
+def resolve_eval_sets(entries: Iterable[str | Path], data_root: str | Path | None) -> list[Path]:
+    """Set directories for `entries`: each a set directory (with eval.json), or the name of a set
+    under ``<data_root>/eval``; no entries: every set under ``<data_root>/eval``."""
+    entries = [str(e) for e in entries]
+    root = Path(data_root) if data_root else None
+    if not entries:
+        if root is None:
+            raise FileNotFoundError("no evaluation sets given: name set directories, or a data root whose "
+                                    "eval/ holds sets")
+        sets = list_eval_sets(root)
+        if not sets:
+            raise FileNotFoundError(f"no evaluation sets (directories with {SPEC_FILE}) under {root / 'eval'}")
+        return sets
+    out = []
+    for entry in entries:
+        if is_eval_set(entry):
+            out.append(Path(entry))
+            continue
+        if root is not None and is_eval_set(root / "eval" / entry):
+            out.append(root / "eval" / entry)
+            continue
+        if root is None:
+            where = "and no data root was given to look it up by name"
+        elif (root / "eval").is_dir():
+            known = [d.name for d in list_eval_sets(root)]
+            where = f"and no set of that name under {root / 'eval'} (there: {', '.join(known) or 'none'})"
+        else:
+            where = f"and {root / 'eval'} does not exist"
+        raise FileNotFoundError(f"eval set {entry!r}: not a set directory (no {SPEC_FILE} in it) {where}")
+    return out
 
 
 def load_eval_set(directory: str | Path, image_size: int, skipped: SkipCounter | None = None) -> EvalSet:
+    """Load a set whole; its skipped samples are counted in ``EvalSet.skipped`` (and in `skipped`)."""
     d = Path(directory)
-    spec_f = d / "eval.json"
-    if not spec_f.is_file():
-        raise FileNotFoundError(f"eval.json not found in evaluation set directory: {d}")
-    spec = json.loads(spec_f.read_text())
-    task = spec.get("task")
-    if task not in ("zeroshot", "retrieval"):
-        raise ValueError(f"{spec_f}: task must be 'zeroshot' or 'retrieval', got {task!r}")
+    spec = read_spec(d)
+    task = spec["task"]
     skipped = skipped if skipped is not None else SkipCounter()
+    before = dict(skipped.counts)
     arrs, caps, labels, keys = [], [], [], []
     for s in iter_raw_samples(resolve_urls(d), skipped):
         try:
@@ -59,25 +159,69 @@ def load_eval_set(directory: str | Path, image_size: int, skipped: SkipCounter |
         except Exception as e:
             skipped.add("undecodable_image", f"{s['key']}: {e}")
             continue
-        if task == "zeroshot" and not isinstance(s["meta"].get("label"), int):
-            skipped.add("missing_label", s["key"])
-            continue
+        label = s["meta"].get("label")
+        if task == "zeroshot":
+            if not isinstance(label, int) or isinstance(label, bool):
+                skipped.add("missing_label", f"{s['key']} in {d}")
+                continue
+            if not 0 <= label < len(spec["classes"]):
+                skipped.add("label_out_of_range", f"{s['key']} in {d}: label {label}, "
+                            f"{len(spec['classes'])} classes")
+                continue
         arrs.append(arr)
         caps.append(s["caption"])
         keys.append(s["key"])
         if task == "zeroshot":
-            labels.append(s["meta"]["label"])
+            labels.append(label)
+    mine = {k: v - before.get(k, 0) for k, v in skipped.counts.items() if v - before.get(k, 0)}
     if not keys:
-        raise ValueError(f"evaluation set {d} has no usable samples ({skipped.as_dict()})")
-    classes = spec.get("classes")
-    if task == "zeroshot":
-        if not classes:
-            raise ValueError(f"{spec_f}: a zeroshot set needs 'classes'")
-        bad = [l for l in labels if not 0 <= l < len(classes)]
-        if bad:
-            raise ValueError(f"{spec_f}: label {bad[0]} out of range for {len(classes)} classes")
+        raise ValueError(f"eval set {d.name!r} ({d}) has no usable samples (skipped: {mine})")
     return EvalSet(
         name=d.name, task=task, images=to_tensor(arrs), captions=caps,
         labels=torch.tensor(labels, dtype=torch.long) if task == "zeroshot" else None,
-        classes=list(classes) if classes else None,
-        templates=list(spec["templates"]) if spec.get("templates") else None, keys=keys)
+        classes=spec["classes"], templates=spec["templates"], keys=keys, skipped=dict(sorted(mine.items())))
+
+
+def write_eval_set(directory: str | Path, task: str, samples: Iterable[dict[str, Any]],
+                   classes: list[str] | None = None, templates: list[str] | None = None,
+                   shard_size: int = 10_000) -> int:
+    """Write an evaluation set to `directory` (its name is the set's name); returns the sample count.
+
+    Each sample is a dict: ``image`` (encoded bytes), ``ext`` (one of png, jpg, jpeg, webp),
+    ``caption`` (str; the text of a retrieval pair), ``label`` (int index into `classes`, zeroshot)
+    and optionally ``key`` (default: its ordinal). The spec is checked as loading checks it."""
+    d = Path(directory)
+    spec = {"task": task, "classes": classes, "templates": templates}
+    check_spec(spec, f"eval set {d.name!r}")
+    shard, n, written = [], 0, 0
+
+    def flush():
+        nonlocal shard, written
+        if shard:
+            write_tar(d / f"{d.name}-{written:06d}.tar", shard)
+            written += 1
+            shard = []
+
+    for s in samples:
+        ext = s.get("ext", "png")
+        if ext not in IMAGE_EXTS:
+            raise ValueError(f"eval set {d.name!r}: sample {n}: ext {ext!r} must be one of {IMAGE_EXTS}")
+        key = str(s.get("key", f"{n:08d}"))
+        meta = {"key": key}
+        if task == "zeroshot":
+            label = s.get("label")
+            if not isinstance(label, int) or not 0 <= label < len(classes):
+                raise ValueError(f"eval set {d.name!r}: sample {key}: label {label!r} is not an index into "
+                                 f"the {len(classes)} classes")
+            meta["label"] = label
+        shard.append((key, {ext: s["image"], "txt": str(s.get("caption", "")).encode(),
+                            "json": json.dumps(meta).encode()}))
+        n += 1
+        if len(shard) == shard_size:
+            flush()
+    flush()
+    if n == 0:
+        raise ValueError(f"eval set {d.name!r}: no samples to write")
+    spec = {k: v for k, v in spec.items() if v is not None}
+    (d / SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+    return n

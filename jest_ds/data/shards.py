@@ -1,32 +1,14 @@
-"""WebDataset shard reader (and a deterministic tar writer).
+"""Shard I/O: resolving shard urls, reading raw samples, decoding images, skip counting, and a
+deterministic tar writer.
 
-``ShardBatches`` turns img2dataset-style shards (``<key>.png``, ``<key>.txt``, ``<key>.json``)
-into batches of normalised image tensors + token ids.
-
-Order and rank split (the rule, for resume and multi-rank tests):
-
-1. epoch ``e``: the shard list is permuted with ``Random(f"{seed}-{e}")``;
-2. samples stream through ``wds.WebDataset`` in that order; a shuffle buffer of
-   ``shuffle_buffer`` samples driven by the same RNG gives the *global order* (identical on
-   every rank);
-3. the ``i``-th valid sample of the global order belongs to rank ``i % world_size``: shares
-   are disjoint and together cover the epoch;
-4. every rank yields exactly ``batches_per_epoch = (N // world_size) // batch_size`` full
-   batches (``N`` = valid samples of one pass, counted once by a header-only pass at the
-   first call unless ``num_samples`` is given), so all ranks change epoch at the same step;
-   the tail is dropped (drop_last). ``stream()`` repeats epochs forever.
-
-Each rank reads every shard but decodes only its own samples (fine at this project's scale:
-for LAION-size data, pre-split shards per rank instead).
+Shards follow img2dataset's webdataset layout: ``<key>.png`` (or ``.jpg``/``.jpeg``/``.webp``),
+``<key>.txt`` (the caption) and ``<key>.json`` (metadata) per sample. The training order and the
+DataLoader built on these functions live in ``order.py`` and ``loader.py``.
 
 Corrupt data never stops training and is never silent: a sample with no image / no caption,
-bad json, an image that fails the PNG check or decoding, an unreadable or truncated shard
-are skipped and counted in a ``SkipCounter`` by reason (each event is counted each time it
-is read, i.e. once per epoch), with a ``logging`` warning for the first few of each reason.
-
-Resume: ``stream(start_epoch, start_batch)`` skips batches without decoding images (only
-the cheap PNG structure check runs), so it reproduces the uninterrupted stream exactly as
-long as every image that passes the PNG check also decodes.
+bad json, an image that fails the PNG check or decoding, an unreadable or truncated shard are
+skipped and counted in a ``SkipCounter`` by reason, with a ``logging`` warning for the first
+few of each reason.
 """
 
 from __future__ import annotations
@@ -36,8 +18,6 @@ import io
 import json
 import logging
 import os
-import random
-import re
 import tarfile
 import warnings
 from dataclasses import dataclass, field
@@ -176,8 +156,9 @@ def _classify(exn: Exception) -> str:
     return "shard_error"
 
 
-def _png_ok(data: bytes) -> bool:
-    """Cheap structural check (signature + chunk CRCs), no pixel decoding."""
+def image_ok(data: bytes) -> bool:
+    """Cheap structural check of encoded image bytes (for PNG: signature + chunk CRCs), no pixel
+    decoding."""
     from PIL import Image
 
     try:
@@ -205,6 +186,10 @@ def tar_tail_ok(path: str) -> bool:
 
 def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = True) -> Iterator[dict]:
     """Undecoded, structurally valid samples: dict(key, png, caption, meta, url, row).
+
+    Skips go to ``skipped`` (a ``SkipCounter`` or anything with its ``add(reason, detail)``);
+    ``check_png=False`` leaves the image check to the caller (the training loader verifies only
+    the samples a worker decodes itself).
 
     ``row`` is the sample's ordinal in its tar: the index of its key group in tar order, counting
     every group webdataset yields (also those skipped here), so row i of a per-shard file made
@@ -250,7 +235,7 @@ def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = Tr
             except Exception:
                 skipped.add("bad_json", where)
                 continue
-        if check_png and not _png_ok(img):
+        if check_png and not image_ok(img):
             skipped.add("undecodable_image", where)
             continue
         yield {"key": key, "png": img, "caption": caption, "meta": meta, "url": url, "row": row}
@@ -296,137 +281,3 @@ def to_tensor(arrs: list[np.ndarray]) -> torch.Tensor:
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
     return x.sub_(MEAN).div_(STD).contiguous()
 
-
-# --------------------------------------------------------------------------- the reader
-class ShardBatches:
-    def __init__(self, urls, batch_size: int, image_size: int, tokenizer, context_length: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, skipped: SkipCounter | None = None,
-                 shuffle_buffer: int = 1000, num_samples: int | None = None):
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, {world_size})")
-        self.urls = resolve_urls(urls)
-        self.batch_size = batch_size
-        self.image_size = image_size
-        if isinstance(tokenizer, (str, Path)):
-            from .tokenizer import CaptionTokenizer
-
-            tokenizer = CaptionTokenizer.from_file(tokenizer)
-        self.tokenizer = tokenizer
-        self.context_length = context_length
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.skipped = skipped if skipped is not None else SkipCounter()
-        self.shuffle_buffer = max(1, int(shuffle_buffer))
-        self._num_samples = num_samples
-
-    # -- sizes ------------------------------------------------------------------------------
-    @property
-    def num_samples(self) -> int:
-        """Valid samples in one pass (counted once, without decoding pixels)."""
-        if self._num_samples is None:
-            self._num_samples = sum(1 for _ in iter_raw_samples(self.urls, SkipCounter(quiet=True)))
-        return self._num_samples
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return (self.num_samples // self.world_size) // self.batch_size
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    # -- order --------------------------------------------------------------------------------
-    def _rng(self, epoch: int) -> random.Random:
-        return random.Random(f"jest-ds-shards-{self.seed}-{epoch}")
-
-    def _global_order(self, epoch: int) -> Iterator[dict]:
-        rng = self._rng(epoch)
-        urls = list(self.urls)
-        rng.shuffle(urls)
-        buf: list[dict] = []
-        for s in iter_raw_samples(urls, self.skipped):
-            if len(buf) < self.shuffle_buffer:
-                buf.append(s)
-                continue
-            j = rng.randrange(len(buf))
-            buf[j], s = s, buf[j]
-            yield s
-        rng.shuffle(buf)
-        yield from buf
-
-    def _rank_batches(self, epoch: int) -> Iterator[list[dict]]:
-        n_batches = self.batches_per_epoch
-        if n_batches == 0:
-            raise ValueError(
-                f"{self.num_samples} valid samples are too few for {self.world_size} rank(s) × "
-                f"batch {self.batch_size} (shards: {self.urls[0]}{' …' if len(self.urls) > 1 else ''})")
-        cur: list[dict] = []
-        made = 0
-        for i, s in enumerate(self._global_order(epoch)):
-            if i % self.world_size != self.rank:
-                continue
-            cur.append(s)
-            if len(cur) == self.batch_size:
-                yield cur
-                cur = []
-                made += 1
-                if made == n_batches:
-                    return
-        if made < n_batches:
-            log.warning("epoch %d ended after %d of %d batches (fewer valid samples than counted)",
-                        epoch, made, n_batches)
-
-    # -- decoding -------------------------------------------------------------------------------
-    def _decode(self, raw: list[dict]) -> Batch | None:
-        """Decode a batch. A sample that passed the PNG check but still fails to decode is
-        skipped (counted) and its slot refilled with a copy of another sample of the same batch,
-        so batch boundaries, sizes and the number of batches per epoch never change (ranks stay
-        in step and resume stays exact)."""
-        arrs, keep = [], []
-        for s in raw:
-            try:
-                arrs.append(decode_image(s["png"], self.image_size))
-                keep.append(s)
-            except Exception as e:
-                self.skipped.add("undecodable_image", f"{s['key']} in {s['url']}: {e}")
-        if not keep:
-            return None
-        i = 0
-        while len(keep) < len(raw):
-            keep.append(keep[i])
-            arrs.append(arrs[i])
-            i += 1
-        caps = [s["caption"] for s in keep]
-        return Batch(images=to_tensor(arrs), tokens=self.tokenizer.encode_batch(caps, self.context_length),
-                     keys=[s["key"] for s in keep], meta=[s["meta"] for s in keep], captions=caps,
-                     urls=[s["url"] for s in keep], rows=[s["row"] for s in keep])
-
-    def _epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, Batch]]:
-        for bi, raw in enumerate(self._rank_batches(epoch)):
-            if bi < start_batch:
-                continue  # skipped without decoding pixels
-            b = self._decode(raw)
-            if b is None:
-                self.skipped.add("dropped_batch", f"epoch {epoch} batch {bi}: no decodable image")
-                continue
-            yield bi, b
-
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        for _, b in self._epoch_batches(epoch):
-            yield b
-
-    def stream(self, start_epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[int, int, Batch]]:
-        """Infinite ``(epoch, batch_index_in_epoch, batch)``; resume with the next indices."""
-        e = start_epoch
-        sb = start_batch
-        while True:
-            any_batch = False
-            for bi, b in self._epoch_batches(e, sb):
-                any_batch = True
-                yield e, bi, b
-            if not any_batch and sb == 0:
-                raise RuntimeError(f"epoch {e} produced no batch (all samples skipped? {self.skipped.as_dict()})")
-            e += 1
-            sb = 0

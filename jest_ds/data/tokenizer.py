@@ -80,6 +80,26 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str | Path |
     return CaptionTokenizer(tok)
 
 
+def train_tokenizer_from_shards(shards, vocab_size: int, path: str | Path, max_captions: int = 0,
+                                min_frequency: int = 2) -> tuple["CaptionTokenizer", dict]:
+    """`train_tokenizer` on the captions of webdataset shards (`jest-ds data tokenizer`): every
+    sample the training reader would use (first `max_captions` of them in shard order if > 0).
+    Returns the tokenizer and {"path", "vocab_size", "captions", "shards", "skipped"}."""
+    from itertools import islice
+
+    from jest_ds.data.shards import SkipCounter, iter_raw_samples, resolve_urls
+
+    urls = resolve_urls(shards)
+    skipped = SkipCounter()
+    samples = iter_raw_samples(urls, skipped, check_png=False)
+    captions = [s["caption"] for s in (islice(samples, max_captions) if max_captions > 0 else samples)]
+    if not captions:
+        raise ValueError(f"no readable captions in the shards ({urls[0]}{' …' if len(urls) > 1 else ''})")
+    tok = train_tokenizer(captions, vocab_size, path, min_frequency=min_frequency)
+    return tok, {"path": str(path), "vocab_size": tok.vocab_size, "captions": len(captions), "shards": len(urls),
+                 "skipped": skipped.as_dict()}
+
+
 class CaptionTokenizer:
     """Thin wrapper: batch-encode captions to a fixed-length LongTensor."""
 

@@ -15,6 +15,7 @@ import torch
 from jest_ds.eval.encode import encode_images, encode_texts
 from jest_ds.eval.linear_probe import few_shot_accuracy
 from jest_ds.eval.retrieval import retrieval_metrics
+from jest_ds.eval.validation import validation_metrics
 from jest_ds.eval.zeroshot import class_embeddings, prompts, topk_accuracy
 
 
@@ -28,9 +29,11 @@ def evaluate_set(model, es, tokenizer, context_length: int, device, batch_size: 
         cls = class_embeddings(txt, len(es.classes), len(es.templates))
         out.update(topk_accuracy(img, cls, es.labels))
         n = len(es.classes)
-        out["chance_top1"], out["chance_top5"] = 1.0 / n, min(1.0, 5.0 / n)
+        out["chance_top1"] = 1.0 / n
+        if "top5" in out:  # reported from 5 classes up
+            out["chance_top5"] = 5.0 / n
         out["headline"] = out.get("top5", out["top1"])
-        out["headline_chance"] = out["chance_top5"] if "top5" in out else out["chance_top1"]
+        out["headline_chance"] = out.get("chance_top5", out["chance_top1"])
         if few_shot:
             try:
                 out[f"{few_shot}shot"] = few_shot_accuracy(img, es.labels, shots=few_shot)
@@ -45,6 +48,7 @@ def evaluate_set(model, es, tokenizer, context_length: int, device, batch_size: 
         out["headline_chance"] = out["chance_R@5"]
     else:
         raise ValueError(f"evaluation set {es.name}: unknown task {es.task!r}")
+    out["skipped"] = float(sum(es.skipped.values()))  # samples of the set that could not be loaded
     return out
 
 
@@ -57,6 +61,8 @@ def evaluate(model, eval_sets, tokenizer, context_length: int, device, batch_siz
     try:
         for es in eval_sets:
             res = evaluate_set(model, es, tokenizer, context_length, device, batch_size, few_shot)
+            if es.task == "retrieval":  # the training loss on held-out pairs, per pair (eval/validation.py)
+                res.update(validation_metrics(model, es, tokenizer, context_length, device, batch_size))
             chance = res.pop("headline_chance")
             headlines.append((res["headline"] - chance) / max(1e-9, 1.0 - chance))
             metrics.update({f"eval/{es.name}/{k}": v for k, v in res.items()})
@@ -73,7 +79,8 @@ def format_metrics(metrics: dict[str, float]) -> str:
     sets = sorted({k.split("/")[1] for k in metrics if k.startswith("eval/") and k.count("/") == 2})
     for s in sets:
         items = {k.split("/")[2]: v for k, v in metrics.items() if k.startswith(f"eval/{s}/")}
-        shown = ", ".join(f"{k}={v:.3f}" for k, v in items.items() if not k.startswith("chance") and k != "headline")
+        shown = ", ".join(f"{k}={v:.0f}" if k == "skipped" else f"{k}={v:.3f}"
+                          for k, v in items.items() if not k.startswith("chance") and k != "headline")
         chance = ", ".join(f"{k}={v:.3f}" for k, v in items.items() if k.startswith("chance"))
         lines.append(f"  {s:22s} {shown}   ({chance})")
     if "eval/score" in metrics:

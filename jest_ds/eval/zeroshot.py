@@ -17,7 +17,12 @@ def prompts(classes: list[str], templates: list[str]) -> list[str]:
 
 def topk_accuracy(image_embeddings: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor,
                   ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """`top{k}` accuracy for each k in `ks` up to the number of classes (top-k of k classes or more
+    would be 1 by construction, so it is not reported)."""
+    ks = tuple(k for k in ks if k <= class_emb.shape[0])
+    if not ks:
+        return {}
     logits = image_embeddings @ class_emb.T
     ranked = logits.topk(max(ks), dim=1).indices
     hit = ranked == labels[:, None]
-    return {f"top{k}": hit[:, :k].any(1).float().mean().item() for k in ks if k <= class_emb.shape[0]}
+    return {f"top{k}": hit[:, :k].any(1).float().mean().item() for k in ks}

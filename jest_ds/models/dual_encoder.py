@@ -1,13 +1,20 @@
-"""SigLIP dual encoder: unit-norm image and text embeddings, learnable log-scale and bias."""
+"""SigLIP dual encoder: unit-norm image and text embeddings, learnable log-scale and bias.
+
+`save_pretrained(dir)` / `from_pretrained(dir or Hub id)` / `push_to_hub` come from
+huggingface_hub's `PyTorchModelHubMixin`: ``model.safetensors`` + ``config.json`` (``{"cfg": ModelConfig}``).
+"""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
+from safetensors.torch import load_file
 from torch import nn
 
-from jest_ds.config import ModelConfig
+from jest_ds.config import ModelConfig, config_from_dict
 from jest_ds.models.towers import ImageTower, TextTower
 
 
@@ -18,7 +25,7 @@ class Encoded(NamedTuple):
     bias: torch.Tensor  # (1,)
 
 
-class DualEncoder(nn.Module):
+class DualEncoder(nn.Module, PyTorchModelHubMixin, library_name="jest-ds", tags=["siglip", "image-text"]):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -29,19 +36,60 @@ class DualEncoder(nn.Module):
         self.bias = nn.Parameter(torch.full((1,), float(cfg.init_bias)))
 
     def forward(self, images: torch.Tensor | None, tokens: torch.Tensor | None,
-                patch_size: int | None = None, coarse_count: int = 0) -> Encoded:
-        """Encode a batch. The LAST `coarse_count` images go through the coarse patch size
-        (Flexi-JEST's two-resolution training); the others through `patch_size` (default: base).
+                patch_size: int | None = None, coarse: torch.Tensor | None = None) -> Encoded:
+        """Encode a batch. Images where the bool mask `coarse` [n] is True go through the coarse
+        patch size (Flexi-JEST's two-resolution training), the others through `patch_size`
+        (default: base); row i of the result is image i whatever its patch size.
         The scale and bias are read here, inside forward, so ZeRO-3 has gathered them."""
         img = txt = None
         if images is not None:
-            n_fine = images.shape[0] - coarse_count
-            parts = []
-            if n_fine > 0:
-                parts.append(self.image(images[:n_fine], patch_size))
-            if coarse_count > 0:
-                parts.append(self.image(images[n_fine:], self.cfg.coarse_patch_size))
-            img = F.normalize(torch.cat(parts) if len(parts) > 1 else parts[0], dim=-1)
+            # Inputs arrive as float32; under bf16/fp16 the engine has cast the weights, so the
+            # images follow the kernel's dtype (read from the parameter: under ZeRO-3 a
+            # partitioned parameter still carries it). Token ids stay integers.
+            images = images.to(self.image.trunk.patch_embed.proj.weight.dtype)
+            if coarse is None or not bool(coarse.any()):
+                img = self.image(images, patch_size)
+            else:
+                if coarse.shape != images.shape[:1] or coarse.dtype != torch.bool:
+                    raise ValueError(f"DualEncoder: coarse must be a bool mask of shape ({images.shape[0]},), "
+                                     f"got {coarse.dtype} {tuple(coarse.shape)}")
+                coarse = coarse.to(images.device)
+                fine_idx, coarse_idx = (~coarse).nonzero().squeeze(1), coarse.nonzero().squeeze(1)
+                parts = [self.image(images[coarse_idx], self.cfg.coarse_patch_size)]
+                if fine_idx.numel():
+                    parts.insert(0, self.image(images[fine_idx], patch_size))
+                # rows come out as [fine..., coarse...]; put each back at its image's position
+                img = torch.cat(parts)[torch.argsort(torch.cat([fine_idx, coarse_idx]))]
+            img = F.normalize(img, dim=-1)
         if tokens is not None:
             txt = F.normalize(self.text(tokens), dim=-1)
         return Encoded(img, txt, self.log_scale * 1.0, self.bias * 1.0)
+
+    # ------------------------------------------------------------------ inference (a plain, unpartitioned module)
+    def encode_image(self, images: torch.Tensor, normalize: bool = True, patch_size: int | None = None) -> torch.Tensor:
+        """[n, embed_dim] image embeddings (unit norm when `normalize`) of images made by the
+        export's preprocess; moved to the model's device and dtype."""
+        kernel = self.image.trunk.patch_embed.proj.weight
+        x = self.image(images.to(device=kernel.device, dtype=kernel.dtype), patch_size)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """[n, embed_dim] text embeddings (unit norm when `normalize`) of the tokenizer's int64 ids."""
+        x = self.text(tokens.to(self.log_scale.device))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                         local_files_only: bool, token, cfg: dict | None = None,
+                         map_location: str = "cpu") -> "DualEncoder":
+        """huggingface_hub's loading hook: the config from config.json, the weights (all of them) from model.safetensors."""
+        if cfg is None:
+            raise FileNotFoundError(f"{model_id}: no {constants.CONFIG_NAME} holding the model config ('cfg')")
+        model = cls(config_from_dict({"model": cfg}).model)
+        weights = Path(model_id) / constants.SAFETENSORS_SINGLE_FILE
+        if not Path(model_id).is_dir():
+            weights = hf_hub_download(model_id, constants.SAFETENSORS_SINGLE_FILE, revision=revision,
+                                      cache_dir=cache_dir, force_download=force_download,
+                                      local_files_only=local_files_only, token=token)
+        model.load_state_dict(load_file(str(weights), device=str(map_location)))
+        return model.eval()

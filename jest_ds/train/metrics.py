@@ -1,11 +1,17 @@
-"""Metrics sink: one JSON line per record, mirrored to TensorBoard (rank 0 only)."""
+"""Metrics sink (one JSON line per record, mirrored to TensorBoard, rank 0 only) and the
+measurements the trainer logs besides the loss: throughput, data wait, MFU, peak memory."""
 from __future__ import annotations
 
 import json
 import math
+import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 
 class MetricsWriter:
@@ -44,6 +50,16 @@ class MetricsWriter:
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
 
+    def write_histograms(self, step: int, values: dict[str, Any]) -> None:
+        """Distributions (tag -> array of numbers) to TensorBoard only; non-finite entries dropped."""
+        if self._tb is None:
+            return
+        for tag, arr in values.items():
+            arr = np.asarray(arr, dtype=np.float64)
+            arr = arr[np.isfinite(arr)]
+            if arr.size:
+                self._tb.add_histogram(tag, arr, step)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
@@ -56,3 +72,54 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     if not p.is_file():
         raise FileNotFoundError(f"no metrics file at {p}")
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+class ThroughputMeter:
+    """Training-step throughput over the steps since the last `as_metrics()` call.
+
+    Each `add(step_s, data_s)` is one step's wall time (data wait + the step itself; evaluation,
+    checkpoints and logging are outside it) and the part spent in `next(batches)`. Per interval:
+    `perf/samples_per_s` (trained samples, the global b), `perf/candidates_per_s` (the global
+    super-batch B), `perf/data_wait_pct` (share of the wall time spent waiting for data, 0-100)
+    and, when the peak is known, `perf/mfu` = achieved FLOP/s / (peak per device × world size).
+    `flops_per_step` is the ledger's global total per step."""
+
+    def __init__(self, trained_per_step: int, candidates_per_step: int, flops_per_step: float,
+                 peak_flops_per_device: float | None, world_size: int):
+        self.trained_per_step = trained_per_step
+        self.candidates_per_step = candidates_per_step
+        self.flops_per_step = flops_per_step
+        self.peak_total = peak_flops_per_device * world_size if peak_flops_per_device else None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.steps, self.wall_s, self.data_s = 0, 0.0, 0.0
+
+    def add(self, step_s: float, data_s: float) -> None:
+        self.steps += 1
+        self.wall_s += step_s
+        self.data_s += data_s
+
+    def as_metrics(self) -> dict[str, float]:
+        """The interval's rates (empty if no step was timed); starts a new interval."""
+        if not self.steps or self.wall_s <= 0:
+            return {}
+        out = {"perf/samples_per_s": self.steps * self.trained_per_step / self.wall_s,
+               "perf/candidates_per_s": self.steps * self.candidates_per_step / self.wall_s,
+               "perf/data_wait_pct": 100.0 * min(1.0, self.data_s / self.wall_s),
+               "perf/step_s": self.wall_s / self.steps}
+        if self.peak_total:
+            out["perf/mfu"] = self.steps * self.flops_per_step / self.wall_s / self.peak_total
+        self._reset()
+        return out
+
+
+def peak_memory_metrics(device: torch.device) -> dict[str, float]:
+    """Peak memory so far, labelled by what it measures: `mem/peak_gpu_allocated_mib`
+    (torch.cuda.max_memory_allocated: tensors allocated by this process on its GPU) or, on CPU,
+    `mem/peak_rss_mib` (the process's peak resident set size from getrusage: everything it
+    holds in RAM, tensors, Python objects and libraries alike)."""
+    if device.type == "cuda":
+        return {"mem/peak_gpu_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"mem/peak_rss_mib": rss / (2**20 if sys.platform == "darwin" else 2**10)}

@@ -2,22 +2,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from jest_ds.config import ExperimentConfig
+from jest_ds.data.reference_cache import ReferenceCache, default_cache_dir
 from jest_ds.models.export import load_exported
 from jest_ds.selection import Embeddings
 
 
-def default_cache_path(cfg: ExperimentConfig, train_dir: Path) -> Path:
-    return Path(cfg.data.reference_cache) if cfg.data.reference_cache else train_dir / "reference_cache.safetensors"
+def cache_dir(cfg: ExperimentConfig, train_urls: Sequence[str]) -> Path:
+    """`data.reference_cache`, or `<directory of the first training shard>/reference_cache`."""
+    return Path(cfg.data.reference_cache) if cfg.data.reference_cache else default_cache_dir(train_urls)
 
 
 class ReferenceScorer:
     """`embeddings(batch)` -> reference `Embeddings` for the batch's samples (None when not needed)."""
 
-    def __init__(self, cfg: ExperimentConfig, train_dir: Path, device: torch.device, world_size: int):
+    def __init__(self, cfg: ExperimentConfig, train_urls: Sequence[str], device: torch.device, world_size: int):
         s = cfg.selection
         self.mode = "none"
         self.model = None
@@ -25,13 +28,13 @@ class ReferenceScorer:
         self.device = device
         if s.method == "iid" or s.score == "hard_learner":
             return
-        model, ref_cfg, digest = load_exported(s.reference, device)
+        # cached: only the hash and config are used, so the weights stay on the CPU and are dropped
+        model, ref_cfg, digest = load_exported(s.reference, "cpu" if s.reference_mode == "cached" else device)
         self.digest = digest
         self.config = ref_cfg
         if s.reference_mode == "cached":
-            from jest_ds.data.reference_cache import ReferenceCache
-
-            self.cache = ReferenceCache.load(default_cache_path(cfg, train_dir), expected_hash=digest)
+            self.cache = ReferenceCache(cache_dir(cfg, train_urls), expected_hash=digest)
+            self.cache.check_covers(train_urls)
             self.mode = "cached"
         else:
             if ref_cfg.model.image_size != cfg.model.image_size:
@@ -49,7 +52,7 @@ class ReferenceScorer:
         if self.mode == "none":
             return None
         if self.mode == "cached":
-            img, txt = self.cache.lookup(batch.keys)
+            img, txt = self.cache.lookup(batch.urls, batch.rows, batch.keys)
             return Embeddings(img.to(self.device), txt.to(self.device), self.cache.log_scale.to(self.device),
                               self.cache.bias.to(self.device))
         enc = self.model(batch.images.to(self.device), batch.tokens.to(self.device))

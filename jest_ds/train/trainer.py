@@ -29,19 +29,23 @@ from tqdm import tqdm
 from jest_ds import flops as flop_model
 from jest_ds.config import ExperimentConfig, save_config
 from jest_ds.data.eval_sets import list_eval_sets, load_eval_set
-from jest_ds.data.shards import Batch, ShardBatches, SkipCounter
+from jest_ds.data.loader import SuperBatchLoader
+from jest_ds.data.shards import Batch, SkipCounter, resolve_urls
 from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.eval import evaluate, format_metrics
 from jest_ds.losses import global_sigmoid_loss
 from jest_ds.models import DualEncoder
-from jest_ds.models.export import export_model, full_state_dict
+from jest_ds.models.export import export_model, gather_state_dict
 from jest_ds.selection import Embeddings, diagonal_scores, independent_sample, joint_sample
 from jest_ds.selection.distributed import distributed_joint_sample
 from jest_ds.train import checkpoint
 from jest_ds.train.distributed import device as pick_device, init_distributed, shutdown
 from jest_ds.train.engine import build_engine
-from jest_ds.train.metrics import MetricsWriter
+from jest_ds.train.grad_norm import dense_grad_norm, engine_reports_grad_norm
+from jest_ds.train.metrics import MetricsWriter, ThroughputMeter, peak_memory_metrics
 from jest_ds.train.reference import ReferenceScorer
+from jest_ds.train.resolution_split import coarse_mask
+from jest_ds.train.selection_record import RECORD_DIR, SelectionRecord, source_acceptance
 
 log = logging.getLogger("jest_ds.train")
 
@@ -55,17 +59,37 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path, Path, CaptionTokenizer]:
-    """(dataset root, training shards dir or pattern, tokenizer); clear errors for missing pieces."""
-    root = Path(cfg.data.root)
-    if not root.exists():
-        raise FileNotFoundError(f"data.root = {root}: no such directory (build it with `jest-ds data build`)")
-    part = root / cfg.data.train_part
-    train = part if part.exists() else Path(cfg.data.train_part)
-    if not train.exists() and "{" not in str(train):
-        raise FileNotFoundError(f"data.train_part = {cfg.data.train_part!r}: neither {part} nor {train} exists")
-    tok_path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else root / "tokenizer.json"
-    return root, train, CaptionTokenizer.from_file(tok_path)
+def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path | None, list[str], CaptionTokenizer]:
+    """(embedded dataset root or None, training shard files, tokenizer), with one-line errors.
+
+    The training shards are `data.train_shards` (users' own: a directory, brace pattern or list)
+    or else the embedded dataset's part `data.train_part`; with `data.root: ""` there is no
+    embedded dataset (and so no evaluation sets)."""
+    d = cfg.data
+    root = Path(d.root) if d.root else None
+    if root is not None and not root.is_dir():
+        raise FileNotFoundError(f"data.root = {root}: no such directory (build it with `jest-ds data build`, "
+                                "or set data.root: \"\" and data.train_shards for your own shards)")
+    if d.train_shards:
+        spec = d.train_shards[0] if len(d.train_shards) == 1 else d.train_shards
+        try:
+            urls = resolve_urls(d.train_shards)
+        except (FileNotFoundError, ValueError) as exc:
+            raise FileNotFoundError(f"data.train_shards = {spec!r}: {exc}") from None
+    else:
+        part = root / d.train_part
+        if not part.is_dir():
+            raise FileNotFoundError(f"data.train_part = {d.train_part!r}: no directory {part} "
+                                    "(a part of the embedded dataset; set data.train_shards for other shards)")
+        try:
+            urls = resolve_urls(part)
+        except ValueError as exc:
+            raise FileNotFoundError(f"data.train_part = {d.train_part!r}: {exc}") from None
+    tok_path = Path(d.tokenizer) if d.tokenizer else root / "tokenizer.json"
+    if not tok_path.is_file():
+        raise FileNotFoundError(f"data.tokenizer = {str(tok_path)!r}: no such file (make one from your shards' captions "
+                                "with `jest-ds data tokenizer --shards ... --out tokenizer.json`)")
+    return root, urls, CaptionTokenizer.from_file(tok_path)
 
 
 def take(batch: Batch, idx: torch.Tensor) -> Batch:
@@ -86,7 +110,7 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, resume: str = "", show_progress: bool = True):
         self.cfg = cfg
-        self.data_root, self.train_dir, self.tokenizer = resolve_dataset(cfg)  # fail fast, before any collective
+        self.data_root, self.train_urls, self.tokenizer = resolve_dataset(cfg)  # fail fast, before any collective
         self.rank, self.world = init_distributed(cfg.train.collective_timeout_s)
         self.device = pick_device()
         self.is_main = self.rank == 0
@@ -106,28 +130,34 @@ class Trainer:
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.engine = build_engine(cfg, DualEncoder(cfg.model), self.world)
-        self.reference = ReferenceScorer(cfg, self.train_dir, self.device, self.world)
+        self.reference = ReferenceScorer(cfg, self.train_urls, self.device, self.world)
         # Identical on every rank: the joint sampler must draw the same Gumbel noise everywhere.
         self.selection_rng = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
 
         self.skipped = SkipCounter()
-        self.loader = ShardBatches(self.train_dir, batch_size=self.B_local, image_size=cfg.model.image_size,
-                                   tokenizer=self.tokenizer, context_length=cfg.model.context_length,
-                                   seed=cfg.train.seed, rank=self.rank, world_size=self.world,
-                                   skipped=self.skipped, shuffle_buffer=cfg.data.shuffle_buffer)
+        d = cfg.data
+        self.loader = SuperBatchLoader(self.train_urls, batch_size=self.B_local, image_size=cfg.model.image_size,
+                                       tokenizer=self.tokenizer, context_length=cfg.model.context_length,
+                                       seed=cfg.train.seed, rank=self.rank, world_size=self.world,
+                                       num_workers=d.num_workers, split=d.split, shuffle_buffer=d.shuffle_buffer,
+                                       num_samples=d.num_samples, prefetch_factor=d.prefetch_factor,
+                                       skipped=self.skipped)
         self.eval_sets = self._load_eval_sets()
         self.ledger = flop_model.FlopLedger()
         self.flops_per_step = flop_model.step_flops(
             cfg, world_size=self.world, reference_cfg=getattr(self.reference, "config", None) and self.reference.config.model)
+        self.throughput = ThroughputMeter(cfg.train.batch_size, cfg.super_batch_size, self.flops_per_step["total"],
+                                          flop_model.peak_flops_guess(self.device, cfg.train.peak_flops or None),
+                                          self.world)
 
         self.step = 0
-        self.data_position = (0, 0)
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self.selected_log = None
         if os.environ.get(SELECTED_KEYS_ENV) == "1":
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.selected_log = open(self.out_dir / f"selected_keys_rank{self.rank}.jsonl", "a")
+        self.selection_record = SelectionRecord(self.out_dir / RECORD_DIR, self.rank)
         ckpt = checkpoint.resolve(resume, self.ckpt_root)
         if ckpt is not None:
             self._restore(ckpt)
@@ -142,6 +172,10 @@ class Trainer:
     # ------------------------------------------------------------------ set-up helpers
     def _load_eval_sets(self):
         wanted = set(self.cfg.eval.sets)
+        if self.data_root is None:  # a run on users' shards alone: evaluation sets live under data.root/eval
+            if wanted:
+                raise FileNotFoundError(f"eval.sets = {sorted(wanted)}: needs data.root (sets live under <root>/eval)")
+            return []
         sets = []
         for d in list_eval_sets(self.data_root):
             if not wanted or d.name in wanted:
@@ -154,8 +188,9 @@ class Trainer:
     def _restore(self, ckpt: Path) -> None:
         rank_state, trainer_state = checkpoint.load(self.engine, ckpt)
         checkpoint.set_rng_state(rank_state["rng"], self.selection_rng)
-        self.data_position = tuple(rank_state["data_position"])
+        self.loader.load_state_dict(rank_state["loader"])
         self.skipped.counts = dict(rank_state["skipped"])
+        self.selection_record.load_state_dict(rank_state.get("selection_record", {}))
         self.step = trainer_state["step"]
         self.ledger.load_state_dict(trainer_state["ledger"])
         self.nonfinite_total = trainer_state.get("nonfinite_total", 0)
@@ -164,10 +199,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
     def batch_generator(self):
-        epoch, index = self.data_position
-        for epoch, index, batch in self.loader.stream(start_epoch=epoch, start_batch=index):
-            self.data_position = (epoch, index + 1)
-            yield batch
+        """This rank's super-batches, one per step, from the loader's position (decoded ahead in
+        worker processes; `self.loader.state_dict()` follows what has been handed out)."""
+        yield from self.loader
 
     @torch.no_grad()
     def score(self, batch: Batch) -> tuple[Embeddings | None, Embeddings | None]:
@@ -212,25 +246,53 @@ class Trainer:
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
 
-    def forward_backward_step(self, batch: Batch) -> float:
+    def forward_backward_step(self, batch: Batch) -> dict[str, float]:
+        """Forward with grad, global loss, backward, optimizer step. Returns `loss`, the learner's
+        `learner/scale` (exp t') and `learner/bias`, and `grad_norm` (global, before clipping) when
+        a backward ran. A non-finite loss (no backward) or gradient norm skips the optimizer step."""
         s = self.cfg.selection
-        coarse = int(round(self.b_local * s.flexi_low_res_fraction)) if s.flexi else 0
-        enc = self.engine(batch.images.to(self.device), batch.tokens.to(self.device), coarse_count=coarse)
+        coarse = coarse_mask(self.cfg.train.seed, self.step, self.cfg.train.batch_size, s.flexi_low_res_fraction,
+                             self.rank, self.world) if s.flexi else None  # a fresh random share every step
+        enc = self.engine(batch.images.to(self.device), batch.tokens.to(self.device), coarse=coarse)
         loss_bw, share = global_sigmoid_loss(enc.img.float(), enc.txt.float(), enc.log_scale.float(),
                                              enc.bias.float())
         (total,) = _all_reduce_sum([float(share.detach())], self.device)
+        out = {"loss": total, "learner/scale": float(enc.log_scale.detach().float().exp()),
+               "learner/bias": float(enc.bias.detach().float())}
         if not math.isfinite(total):
-            self.nonfinite_in_row += 1
-            self.nonfinite_total += 1
-            if self.nonfinite_in_row >= self.cfg.train.max_nonfinite_in_row:
-                raise NonFiniteLossError(
-                    f"loss was non-finite for {self.nonfinite_in_row} steps in a row (last at step {self.step}); "
-                    f"aborting (train.max_nonfinite_in_row = {self.cfg.train.max_nonfinite_in_row})")
-            return total  # no backward, no optimizer step: the step is skipped and counted
-        self.nonfinite_in_row = 0
+            self._count_nonfinite("loss")  # no backward, no optimizer step: the step is skipped
+            return out
         self.engine.backward(loss_bw)
-        self.engine.step()
-        return total
+        out["grad_norm"] = self.apply_gradients()
+        return out
+
+    def apply_gradients(self) -> float:
+        """`engine.step()` unless the global gradient norm is non-finite (then the step is skipped
+        and counted); returns the norm. See jest_ds/train/grad_norm.py for who computes it."""
+        if not engine_reports_grad_norm(self.engine):  # ZeRO-0 fp32: the plain optimizer would apply inf/nan
+            norm = dense_grad_norm(self.engine.module.parameters())
+            if not math.isfinite(norm):
+                self.engine.zero_grad()
+                self._count_nonfinite("gradient norm")
+                return norm
+            self.engine.step()
+        else:
+            self.engine.step()
+            norm = float(self.engine.get_global_grad_norm())
+            if not self.engine.was_step_applied():  # DeepSpeed skipped it: the norm was inf or nan
+                if not self.engine.fp16_enabled():  # fp16: a loss-scale overflow, the scaler backs off
+                    self._count_nonfinite("gradient norm")
+                return norm
+        self.nonfinite_in_row = 0
+        return norm
+
+    def _count_nonfinite(self, what: str) -> None:
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        if self.nonfinite_in_row >= self.cfg.train.max_nonfinite_in_row:
+            raise NonFiniteLossError(
+                f"{what} was non-finite for {self.nonfinite_in_row} steps in a row (last at step {self.step}); "
+                f"aborting (train.max_nonfinite_in_row = {self.cfg.train.max_nonfinite_in_row})")
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -239,12 +301,18 @@ class Trainer:
         local = self.select(learner, reference)
         t2 = time.perf_counter()
         chosen = take(batch, local)
-        loss = self.forward_backward_step(chosen)
+        record = self.forward_backward_step(chosen)
+        loss = record["loss"]
         t3 = time.perf_counter()
         self.ledger.add_step(self.flops_per_step)
-        record = {"loss": loss, "lr": self.engine.get_lr()[0], "time/score_s": t1 - t0, "time/select_s": t2 - t1,
-                  "time/train_s": t3 - t2, "nonfinite_steps": self.nonfinite_total}
+        record.update({"lr": self.engine.get_lr()[0], "time/score_s": t1 - t0, "time/select_s": t2 - t1,
+                       "time/train_s": t3 - t2, "nonfinite_steps": self.nonfinite_total})
+        if reference is not None:
+            record["reference/scale"] = float(torch.as_tensor(reference.log_scale).float().exp())
+            record["reference/bias"] = float(torch.as_tensor(reference.bias).float())
         record.update(self.selection_metrics(batch, local, learner, reference))
+        self.selection_record.add_step(self.step + 1, batch, local, learner, reference)
+        record.update(source_acceptance(batch.meta, local))  # this rank's view, like sel/source_share
         if self.selected_log is not None:
             self.selected_log.write(json.dumps({
                 "step": self.step + 1, "rank": self.rank, "world": self.world, "candidates": batch.keys,
@@ -282,10 +350,11 @@ class Trainer:
                         self.cfg.eval.batch_size, self.cfg.eval.few_shot)
 
     def save_checkpoint(self) -> None:
-        rank_state = {"rng": checkpoint.rng_state(self.selection_rng), "data_position": list(self.data_position),
-                      "skipped": self.skipped.as_dict()}
+        rank_state = {"rng": checkpoint.rng_state(self.selection_rng), "loader": self.loader.state_dict(),
+                      "skipped": self.skipped.as_dict(), "selection_record": self.selection_record.state_dict()}
         trainer_state = {"step": self.step, "ledger": self.ledger.state_dict(), "nonfinite_total": self.nonfinite_total}
         checkpoint.save(self.engine, self.ckpt_root, self.step, rank_state, trainer_state, self.cfg.train.keep_last)
+        self.selection_record.flush()
 
     def run(self) -> dict[str, float]:
         t = self.cfg.train
@@ -300,6 +369,7 @@ class Trainer:
             batch = next(batches)
             data_s = time.perf_counter() - t_data
             record = self.train_step(batch)
+            self.throughput.add(time.perf_counter() - t_data, data_s)
             self.step += 1
             record["time/data_s"] = data_s
             bar.update(1)
@@ -310,15 +380,30 @@ class Trainer:
                 record.update(final)
             if do_eval or self.step % t.log_every == 0:
                 record.update(self.ledger.as_metrics())
-                record["data/skipped"] = self.skipped.total
-                record["data/epoch"] = self.data_position[0]
+                record.update(self.throughput.as_metrics())
+                record.update(peak_memory_metrics(self.device))
+                record["data/skipped"] = sum(self.skipped_all_ranks().values())
+                record["data/epoch"] = self.loader.epoch
                 self.metrics.write(self.step, record)
+                self.metrics.write_histograms(self.step, self.selection_record.histograms())
             if do_eval and self.is_main and final:
                 bar.write(f"step {self.step}: loss {record['loss']:.4f}\n{format_metrics(final)}")
             if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps:
                 self.save_checkpoint()
         bar.close()
         return final
+
+    def skipped_all_ranks(self) -> dict[str, int]:
+        """Skip counts by reason summed over ranks (every skip is counted by the one rank whose
+        worker owns it, see jest_ds/data/order.py). A collective: every rank calls it."""
+        if self.world == 1:
+            return self.skipped.as_dict()
+        per_rank: list[dict[str, int] | None] = [None] * self.world
+        dist.all_gather_object(per_rank, self.skipped.as_dict())
+        total: Counter = Counter()
+        for counts in per_rank:
+            total.update(counts)
+        return dict(sorted(total.items()))
 
     def _log(self, metrics: dict[str, float], bar) -> None:
         if metrics:
@@ -328,12 +413,14 @@ class Trainer:
                 bar.write(f"step {self.step}:\n{format_metrics(metrics)}")
 
     def export(self, out_dir: str | Path | None = None) -> str | None:
-        """Final model to safetensors (rank 0 writes; all ranks take part in a ZeRO-3 gather)."""
-        state = full_state_dict(self.engine)
+        """The model as a self-contained artefact (weights, configs, tokenizer, preprocessing, SHA256SUMS;
+        jest_ds/models/export.py). Every rank takes part in the gather; only rank 0 holds the full model and writes."""
+        state = gather_state_dict(self.engine)
+        skipped = self.skipped_all_ranks()
         digest = None
         if self.is_main:
             digest = export_model(state, self.cfg, out_dir or self.out_dir / "export")
-            summary = {"step": self.step, "sha256": digest, "skipped": self.skipped.as_dict(),
+            summary = {"step": self.step, "sha256": digest, "skipped": skipped,
                        "flops": self.ledger.totals()}
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return digest

@@ -34,7 +34,7 @@ def itest_env(tmp_path_factory):
                           train={"steps": 4, "eval_every": 0, "zero_stage": 0})
     t0 = time.monotonic()
     H.run_workers(ref_cfg, world=1, export=True, timeout=120)
-    cache = base / "pool_reference_cache.safetensors"
+    cache = base / "pool_reference_cache"
     H.in_child(_build_cache, str(base / "reference" / "export"), str(root / "pool"), str(cache),
                str(root / "tokenizer.json"))
     print(f"[itest] reference + cache: {time.monotonic() - t0:.1f} s")
@@ -51,15 +51,15 @@ def _build_cache(ref, shards, out, tok):
 
 @pytest.fixture(scope="session")
 def jest_config(itest_env):
-    """jest_config(out_dir, **train_overrides) -> config dict of a tiny 2-rank JEST run:
+    """jest_config(out_dir, data=None, **train_overrides) -> config dict of a tiny 2-rank JEST run:
     b = 32 of B = 64 candidates (32 per rank), 4 chunks, learnability scores from the cache, fp32."""
     root, ref, cache = itest_env
     from synthetic_data import tiny_config
 
-    def make(out_dir, **train):
+    def make(out_dir, data=None, **train):
         t = {"steps": 4, "eval_every": 0, "zero_stage": 1}
         t.update(train)
-        return tiny_config(root, out_dir, data={"reference_cache": str(cache)},
+        return tiny_config(root, out_dir, data={"reference_cache": str(cache), **(data or {})},
                            selection={"method": "jest", "score": "learnability", "reference": str(ref),
                                       "filter_ratio": 0.5, "n_chunks": 4, "gain": 1.0},
                            train=t, eval={"few_shot": 2, "sets": ["colours"]})

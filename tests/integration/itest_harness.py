@@ -134,7 +134,9 @@ def _worker(rank: int, world: int, port: int, cfg: dict, resume: str, env: dict[
 def start_workers(cfg: dict, world: int = 2, resume: str = "", env: dict[str, str] | None = None,
                   port: int | None = None, export: bool = False) -> list[mp.Process]:
     port = port or free_port()
-    procs = [CTX.Process(target=_worker, args=(r, world, port, cfg, resume, dict(env or {}), export), daemon=True)
+    # not daemonic: a rank starts DataLoader worker processes (daemonic processes may not have
+    # children); every caller ends them with wait_workers / kill_workers
+    procs = [CTX.Process(target=_worker, args=(r, world, port, cfg, resume, dict(env or {}), export), daemon=False)
              for r in range(world)]
     for p in procs:
         p.start()

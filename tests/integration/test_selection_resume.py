@@ -1,16 +1,21 @@
 """(2) 2-rank JEST selection inside training = the quota rule on the global super-batch;
 (3) SIGKILL + `--resume latest` reproduces keys and losses step for step; (5) checkpoints.
 
-How (2) is compared. The reader deals the global sample stream round-robin (sample i → rank
-i % W), so at step k a 1-rank run reads candidates [kB, (k+1)B) in stream order and a 2-rank
-run reads the SAME B samples, rank 0 the even and rank 1 the odd positions: the same global
-super-batch in another order. Since Gumbel noise is indexed by position and the training rule
+How (2) is compared. With data.split = sample the loader deals the global sample stream
+round-robin (item q of a super-batch → rank q % W, jest_ds/data/order.py), so at step k a 1-rank
+run reads candidates [kB, (k+1)B) in stream order and a 2-rank run reads the SAME B samples,
+rank 0 the even and rank 1 the odd positions: the same global super-batch in another order,
+whatever the number of decode workers (the 2-rank runs use 2 per rank, the 1-rank run none). Since Gumbel noise is indexed by position and the training rule
 keeps a quota of b/W per rank, the reference is the single-process sampler
 `joint_sample(..., quota=2)` on the concatenation [rank-0 candidates, rank-1 candidates], with a
 generator seeded like the trainer's and advanced by the same draws. Its inputs are recomputed
 outside the trainer: reference embeddings from the cache, learner embeddings from the weights
 the trainer scored with (a fresh model for step 1; checkpoint step k-1, ZeRO-1 fp32 module
 weights, for step k). A real 1-rank run checks that the per-step candidate SETS coincide.
+
+(3) runs under both data splits with 2 DataLoader workers per rank: the loader's position, part of
+each rank's checkpoint, resumes the stream exactly (shard mode: each (rank, worker) reads its own
+shards).
 """
 from __future__ import annotations
 
@@ -20,20 +25,31 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import itest_harness as H
 from jest_ds.train import checkpoint
 
 STEPS = 6
+DATA = {split: {"split": split, "num_workers": 2} for split in ("sample", "shard")}  # 4 pool shards: 2 ranks × 2 workers
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(jest_config, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    cfg = jest_config(str(out), steps=STEPS, zero_stage=1, checkpoint_every=1, keep_last=100, log_every=1)
-    t = H.run_workers(cfg, world=2, env={H.LOG_ENV: "1"}, timeout=150)
-    print(f"[itest] uninterrupted 2-rank run, {STEPS} steps, checkpoint every step: {t:.1f} s")
-    return cfg, out
+    """uninterrupted(split) -> (config, out dir) of a 2-rank run, made once per split."""
+    runs = {}
+
+    def run(split: str):
+        if split not in runs:
+            out = tmp_path_factory.mktemp(f"uninterrupted_{split}")
+            cfg = jest_config(str(out), data=DATA[split], steps=STEPS, zero_stage=1, checkpoint_every=1,
+                              keep_last=100, log_every=1)
+            t = H.run_workers(cfg, world=2, env={H.LOG_ENV: "1"}, timeout=150)
+            print(f"[itest] uninterrupted 2-rank run ({split} split), {STEPS} steps, checkpoint every step: {t:.1f} s")
+            runs[split] = cfg, out
+        return runs[split]
+
+    return run
 
 
 def _recompute(cfg_dict: dict, out_dir: str, steps: int) -> list[list[str]]:
@@ -52,7 +68,7 @@ def _recompute(cfg_dict: dict, out_dir: str, steps: int) -> list[list[str]]:
     tok = CaptionTokenizer.from_file(root / "tokenizer.json")
     cfg.model.vocab_size = tok.vocab_size
     raw = {s["key"]: s for s in iter_raw_samples(resolve_urls(root / "pool"), SkipCounter())}
-    cache = ReferenceCache.load(cfg.data.reference_cache)
+    cache = ReferenceCache(cfg.data.reference_cache)
     log = H.read_selected(Path(out_dir), 2)
     torch.manual_seed(cfg.train.seed)
     model = DualEncoder(cfg.model)
@@ -71,7 +87,7 @@ def _recompute(cfg_dict: dict, out_dir: str, steps: int) -> list[list[str]]:
             with torch.no_grad():
                 enc = model(images, tokens, patch_size=cfg.model.patch_size)
             learner.append(Embeddings(enc.img.float(), enc.txt.float(), enc.log_scale.float(), enc.bias.float()))
-            img, txt = cache.lookup(keys)
+            img, txt = cache.lookup([raw[k]["url"] for k in keys], [raw[k]["row"] for k in keys], keys)
             ref.append(Embeddings(img, txt, cache.log_scale, cache.bias))
         cat = lambda es: Embeddings(torch.cat([e.img for e in es]), torch.cat([e.txt for e in es]),  # noqa: E731
                                     es[0].log_scale, es[0].bias)
@@ -83,7 +99,7 @@ def _recompute(cfg_dict: dict, out_dir: str, steps: int) -> list[list[str]]:
 
 
 def test_two_rank_selection_equals_quota_rule_on_global_super_batch(uninterrupted):
-    cfg, out = uninterrupted
+    cfg, out = uninterrupted("sample")
     log = H.read_selected(out, 2)
     assert sorted(log) == list(range(1, STEPS + 1))
     t0 = time.monotonic()
@@ -101,9 +117,9 @@ def test_two_rank_selection_equals_quota_rule_on_global_super_batch(uninterrupte
 
 
 def test_one_rank_reads_the_same_global_super_batch(jest_config, uninterrupted, tmp_path):
-    cfg2, out2 = uninterrupted
+    cfg2, out2 = uninterrupted("sample")
     steps = 2
-    cfg1 = jest_config(str(tmp_path / "one"), steps=steps, zero_stage=1)
+    cfg1 = jest_config(str(tmp_path / "one"), data={"split": "sample", "num_workers": 0}, steps=steps, zero_stage=1)
     t = H.run_workers(cfg1, world=1, env={H.LOG_ENV: "1"}, timeout=120)
     print(f"[itest] 1-rank run, {steps} steps: {t:.1f} s")
     one, two = H.read_selected(tmp_path / "one", 1), H.read_selected(out2, 2)
@@ -117,10 +133,12 @@ def _latest_step(ckpt_root: Path) -> int:
     return int(p.name.split("_")[1]) if p else 0
 
 
-def test_sigkill_then_resume_matches_uninterrupted(jest_config, uninterrupted, tmp_path):
-    cfg_ref, out_ref = uninterrupted
+@pytest.mark.parametrize("split", ["sample", "shard"])
+def test_sigkill_then_resume_matches_uninterrupted(jest_config, uninterrupted, tmp_path, split):
+    cfg_ref, out_ref = uninterrupted(split)
     out = tmp_path / "killed"
-    cfg = jest_config(str(out), steps=STEPS, zero_stage=1, checkpoint_every=1, keep_last=2, log_every=1)
+    cfg = jest_config(str(out), data=DATA[split], steps=STEPS, zero_stage=1, checkpoint_every=1, keep_last=2,
+                      log_every=1)
     env = {H.LOG_ENV: "1"}
     t0 = time.monotonic()
     procs = H.start_workers(cfg, world=2, env=env)
@@ -143,12 +161,15 @@ def test_sigkill_then_resume_matches_uninterrupted(jest_config, uninterrupted, t
     got, want = H.read_selected(out, 2), H.read_selected(out_ref, 2)
     for step in range(1, STEPS + 1):
         for r in (0, 1):
+            assert got[step][r]["candidates"] == want[step][r]["candidates"], (step, r)
             assert got[step][r]["selected"] == want[step][r]["selected"], (step, r)
             assert got[step][r]["loss"] == want[step][r]["loss"], (step, r)
     assert H.read_losses(out) == H.read_losses(out_ref)
     # (5) keep_last=2 pruned the rest; only complete checkpoints are left
     left = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert left == [checkpoint.tag_for(STEPS - 1), checkpoint.tag_for(STEPS)], left
+    loader_state = torch.load(out / "checkpoints" / left[-1] / "rank_1.pt", weights_only=True)["loader"]
+    assert loader_state["split"] == split and loader_state["batches"] == STEPS and loader_state["workers"] == 2
 
 
 def test_partial_checkpoint_is_never_picked(tmp_path):

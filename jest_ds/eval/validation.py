@@ -1,0 +1,64 @@
+"""Held-out validation loss: the training objective (the sigmoid loss) on held-out pairs.
+
+The SigLIP loss of n pairs as training defines it, (1/n) Σ_i Σ_j nll_ij, sums n terms per row
+(one positive, n − 1 negatives), so it grows with n and the sets cannot be compared with one
+another or with the training loss. It is reported per pair instead, for each retrieval set:
+
+* ``val_loss``     = (1/n²) Σ_ij nll_ij, the mean over all n² image–text pairs
+                   (= the training-style loss of the whole set divided by n);
+* ``val_loss_pos`` = (1/n) Σ_i nll_ii, the mean over the n matching pairs;
+* ``val_loss_neg`` = mean of nll_ij over the n(n − 1) mismatched pairs,
+
+so ``val_loss = (val_loss_pos + (n − 1) · val_loss_neg) / n``, and the training loss at batch
+size b corresponds to ``val_loss_pos + (b − 1) · val_loss_neg``. nll_ij = −log σ(y_ij · L_ij) with
+L_ij = exp(t') <img_i, txt_j> + β, the model's own learnt scale and bias. Rows are processed in
+chunks (O(chunk · n) memory), in float64.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from jest_ds.eval.encode import encode_images, encode_texts
+
+CHUNK_ROWS = 1024
+
+
+def sigmoid_pair_loss_sums(img: torch.Tensor, txt: torch.Tensor, log_scale, bias,
+                           chunk_rows: int = CHUNK_ROWS) -> tuple[float, float]:
+    """(Σ_i nll_ii, Σ_{i≠j} nll_ij) over pairs (img_i, txt_j), computed `chunk_rows` rows at a time."""
+    if img.shape != txt.shape or img.ndim != 2:
+        raise ValueError(f"validation loss: image and text embeddings must be [n, d] alike, "
+                         f"got {tuple(img.shape)} and {tuple(txt.shape)}")
+    scale = float(torch.as_tensor(log_scale, dtype=torch.float64).exp())
+    b = float(torch.as_tensor(bias, dtype=torch.float64))
+    img, txt = img.double(), txt.double()
+    pos = neg = 0.0
+    for a in range(0, img.shape[0], chunk_rows):
+        logits = scale * (img[a:a + chunk_rows] @ txt.T) + b
+        rows = torch.arange(logits.shape[0])
+        diag = logits[rows, a + rows]
+        pos_nll = F.softplus(-diag)  # y = +1
+        neg += float(F.softplus(logits).sum() - F.softplus(diag).sum())  # y = -1 everywhere else
+        pos += float(pos_nll.sum())
+    return pos, neg
+
+
+def validation_loss(img: torch.Tensor, txt: torch.Tensor, log_scale, bias,
+                    chunk_rows: int = CHUNK_ROWS) -> dict[str, float]:
+    """``val_loss``, ``val_loss_pos``, ``val_loss_neg`` of n held-out pairs (see the module docstring)."""
+    n = img.shape[0]
+    pos, neg = sigmoid_pair_loss_sums(img, txt, log_scale, bias, chunk_rows)
+    return {"val_loss": (pos + neg) / (n * n), "val_loss_pos": pos / n,
+            "val_loss_neg": neg / (n * (n - 1)) if n > 1 else float("nan")}
+
+
+@torch.no_grad()
+def validation_metrics(model, es, tokenizer, context_length: int, device, batch_size: int = 256,
+                       chunk_rows: int = CHUNK_ROWS) -> dict[str, float]:
+    """Validation loss of a retrieval set (`EvalSet`) under `model`'s current weights, scale and bias."""
+    img = encode_images(model, es.images, batch_size, device)
+    txt = encode_texts(model, tokenizer.encode_batch(list(es.captions), context_length), batch_size, device)
+    enc = model(None, None)  # scale and bias read inside forward (gathered under ZeRO-3)
+    return validation_loss(img, txt, enc.log_scale.detach().float().cpu(), enc.bias.detach().float().cpu(),
+                           chunk_rows)
