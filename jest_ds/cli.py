@@ -31,8 +31,12 @@ def _config_show(args: argparse.Namespace) -> int:
 def _config_list(args: argparse.Namespace) -> int:
     from jest_ds.config import PACKAGED_CONFIGS, packaged_config_names, packaged_ds_configs
 
-    print(f"experiment configs ({PACKAGED_CONFIGS}): {' '.join(packaged_config_names())}")
-    print(f"DeepSpeed configs (train.ds_config): {' '.join(sorted(packaged_ds_configs()))}")
+    names = packaged_config_names()
+    print(f"packaged configs in {PACKAGED_CONFIGS}:")
+    print(f"  experiments: {' '.join(n for n in names if not n.startswith('models/'))}")
+    presets = " ".join(n.removeprefix("models/") for n in names if n.startswith("models/"))
+    print(f"  FLOP presets (models/NAME; tools/flop_report.py --model-preset NAME): {presets}")
+    print(f"  DeepSpeed JSONs (train.ds_config): {' '.join(sorted(packaged_ds_configs()))}")
     return 0
 
 
@@ -51,10 +55,9 @@ def _train(args: argparse.Namespace) -> int:
 def _cache_ref(args: argparse.Namespace) -> int:
     """One process per rank under `deepspeed` / `torchrun` (RANK, WORLD_SIZE): rank r embeds shards
     i % world == r. No process group is needed: ranks share nothing but the output directory."""
-    import os
-
     import torch
 
+    from jest_ds.data.loader import default_num_workers
     from jest_ds.data.reference_cache import build_cache, default_cache_dir
     from jest_ds.data.shards import resolve_urls
     from jest_ds.data.tokenizer import CaptionTokenizer
@@ -69,11 +72,8 @@ def _cache_ref(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"cache-ref: --part {args.part!r}: no directory {part} (or give --shards)")
         urls = resolve_urls(part)
     tok_path = Path(args.tokenizer) if args.tokenizer else verified_file(args.reference, TOKENIZER)
-    rank, local_rank, world = world_info()
-    workers = args.workers
-    if workers < 0:
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", 1)))
-        workers = max(0, min(8, len(os.sched_getaffinity(0)) // local_world - 1))
+    rank, _, world = world_info()
+    workers = args.workers if args.workers >= 0 else default_num_workers()
     info = build_cache(args.reference, urls, Path(args.out) if args.out else default_cache_dir(urls),
                        CaptionTokenizer.from_file(tok_path), batch_size=args.batch_size, precision=args.precision,
                        device=torch.device(args.device) if args.device else default_device(), rank=rank,
@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="auto: bf16 on a GPU that supports it, else fp32 (embeddings are stored in float16)")
     cr.add_argument("--device", default="", help="default: this rank's GPU if there is one, else cpu")
-    cr.add_argument("--workers", type=int, default=-1, help="image-decoding processes per rank (-1: from the core count)")
+    cr.add_argument("--workers", type=int, default=-1,
+                    help="image-decoding processes per rank (-1: the cores per local rank minus one, at least 1)")
     cr.add_argument("--quiet", action="store_true")
     cr.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     cr.set_defaults(func=_cache_ref)

@@ -94,7 +94,7 @@ class TrainConfig:
     grad_accumulation: int = 1
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
     zero_stage: int = 2
-    ds_config: str = "ds_configs/tiny.json"  # base DeepSpeed JSON; batch keys are derived
+    ds_config: str = "ds_configs/tiny.json"  # base DeepSpeed JSON: packaged name or path; batch keys derived
     seed: int = 0
     out_dir: str = "runs/default"
     log_every: int = 10
@@ -169,6 +169,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"config error: {where} = {value!r}: must be an integer")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e12 (no decimal point) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config error: {where} = {value!r}: must be a number")
         return float(value)
@@ -333,14 +338,17 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     return values
 
 
-def read_config_file(path: Path, _including: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
     """The raw values of one YAML file with its `base:` chain resolved (the file's values over its base's).
 
     `base:` names another config: a path relative to the including file, or a packaged name."""
-    path = path.resolve()
-    if path in _including:
-        chain = " -> ".join(str(p) for p in (*_including, path))
-        raise ConfigError(f"config error: {_including[-1]}: base cycle {chain}")
+    return _read_with_bases(path.resolve(), ())
+
+
+def _read_with_bases(path: Path, including: tuple[Path, ...]) -> dict[str, Any]:
+    if path in including:
+        chain = " -> ".join(str(p) for p in (*including, path))
+        raise ConfigError(f"config error: {including[-1]}: base cycle {chain}")
     values = _read_yaml_mapping(path)
     if "base" not in values:
         return values
@@ -351,7 +359,7 @@ def read_config_file(path: Path, _including: tuple[Path, ...] = ()) -> dict[str,
     if base_path is None:
         raise ConfigError(f"config error: {path}: base {base!r} not found (neither a file beside it "
                           f"nor a packaged config: {', '.join(packaged_config_names())})")
-    return merge_config_values(read_config_file(base_path, (*_including, path)), values)
+    return merge_config_values(_read_with_bases(base_path.resolve(), (*including, path)), values)
 
 
 def read_config_values(config: ConfigRef | list[ConfigRef] | None) -> dict[str, Any]:
@@ -410,6 +418,9 @@ def ds_config_path(ref: str) -> Path:
     known = ", ".join(sorted(packaged)) or "none: jest_ds.ds_configs is not installed (pip install -e .)"
     raise ConfigError(f"config error: train.ds_config = {ref!r}: no such file nor a packaged DeepSpeed config "
                       f"(packaged: {known})")
+
+
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # torch dtype names
 
 
 def resolved_precision(cfg: ExperimentConfig) -> str:

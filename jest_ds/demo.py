@@ -34,6 +34,9 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", choices=sorted(SCALE_CONFIGS), default="cpu",
                    help="gpu: a larger model and batch (the packaged gpu config)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train every method with seeds SEED .. SEED+N-1 (run directories <method><tag>_s<seed>); "
+                        "the report pairs each run with the IID run of its seed and gives 95%% intervals")
     p.add_argument("--reference", default="", help="reuse an exported reference instead of training one")
     p.add_argument("--reference-cache", default="", help="its pool cache directory (default: <out>/reference_cache)")
     p.add_argument("--tag", default="", help="suffix for the run directories (e.g. _f0.5)")
@@ -52,9 +55,9 @@ def _run(cmd: list[str]) -> None:
     print(f"  ({time.time() - t0:.0f} s)", flush=True)
 
 
-def _train_cmd(config: str, out_dir: Path, steps: int, args, extra: list[str]) -> list[str]:
+def _train_cmd(config: str, out_dir: Path, steps: int, args, extra: list[str], seed: int | None = None) -> list[str]:
     sets = [f"train.out_dir={out_dir}", f"train.steps={steps}", f"train.eval_every={args.eval_every}",
-            f"data.root={args.data_root}", f"train.seed={args.seed}"]
+            f"data.root={args.data_root}", f"train.seed={args.seed if seed is None else seed}"]
     sets += extra
     configs = [config] + SCALE_CONFIGS[args.scale]
     return [sys.executable, "-m", "jest_ds.cli", "train"] + [x for c in configs for x in ("--config", c)] + \
@@ -66,6 +69,8 @@ def run_demo(args: argparse.Namespace) -> int:
     root = Path(args.data_root)
     py = sys.executable
     t_start = time.time()
+    if args.seeds < 1:
+        raise SystemExit(f"demo: --seeds {args.seeds}: must be >= 1")
     if not (root / "manifest.json").is_file():
         _run([py, "-m", "jest_ds.cli", "data", "build", "--root", str(root), "--seed", str(args.seed)])
 
@@ -78,11 +83,12 @@ def run_demo(args: argparse.Namespace) -> int:
     _run([py, "-m", "jest_ds.cli", "cache-ref", "--reference", str(ref_export), "--data-root", str(root),
           "--part", "pool", "--out", str(cache)])
 
+    seeds = [args.seed + k for k in range(args.seeds)]
     run_dirs = []
-    for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    for name, seed in [(m.strip(), s) for m in args.methods.split(",") if m.strip() for s in seeds]:
         if name not in RUNS:
             raise SystemExit(f"demo: unknown method {name!r} in --methods (known: {sorted(RUNS)})")
-        run_dir = out / f"{name}{args.tag}"
+        run_dir = out / (f"{name}{args.tag}" if args.seeds == 1 else f"{name}{args.tag}_s{seed}")
         extra = []
         if name != "iid":
             extra = [f"selection.reference={ref_export}", f"data.reference_cache={cache}"]
@@ -91,16 +97,18 @@ def run_demo(args: argparse.Namespace) -> int:
             if args.filter_ratio is not None:
                 extra.append(f"selection.filter_ratio={args.filter_ratio}")
         if args.force or not (run_dir / "summary.json").is_file():
-            _run(_train_cmd(RUNS[name], run_dir, args.steps, args, extra))
+            _run(_train_cmd(RUNS[name], run_dir, args.steps, args, extra, seed))
         run_dirs.append(run_dir)
 
-    from jest_ds.reports.speedup import write_report
+    from jest_ds.reports.speedup import run_group, write_report
 
-    if not any(d.name == "iid" for d in run_dirs):
-        if not (out / "iid" / "metrics.jsonl").is_file():
+    if not any(run_group(d.name) == "iid" for d in run_dirs):
+        earlier = [out / "iid"] if args.seeds == 1 else [out / f"iid_s{s}" for s in seeds]
+        earlier = [d for d in earlier if (d / "metrics.jsonl").is_file()]
+        if not earlier:
             print(f"\nno IID run in {out}: skipping the speedup report (add iid to --methods)")
             return 0
-        run_dirs = [out / "iid"] + run_dirs  # the baseline from an earlier invocation
+        run_dirs = earlier + run_dirs  # the baseline from an earlier invocation
     text = write_report(run_dirs, out / "report", metric=args.metric)
     mean_text = write_report(run_dirs, out / "report_score", metric="eval/score")
     print("\n== reference model (curated set), held-out ==")

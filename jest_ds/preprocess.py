@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from jest_ds.data.shards import MEAN, STD, prepare_image
@@ -74,7 +75,8 @@ class ImagePreprocess:
 
         if not isinstance(image, Image.Image):
             raise TypeError(f"preprocess takes a PIL image, got {type(image).__name__}")
-        pixels = torch.from_numpy(prepare_image(image, self.image_size)).permute(2, 0, 1).float().div_(255.0)
+        rgb = np.array(prepare_image(image, self.image_size))  # a writable copy for torch
+        pixels = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return pixels.sub_(mean).div_(std).contiguous()

@@ -11,14 +11,8 @@
 #                    the deepspeed launcher does not set it
 #   NO_SSH_CHECK=1   pass --no_ssh_check (machines without ssh, e.g. a one-host file in CI)
 #   DS_EXTRA_ARGS    more deepspeed launcher flags, e.g. "--include node1:0,1 --launcher openmpi"
-set -euo pipefail
-
-if [[ $# -lt 2 ]]; then
-    awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0" >&2
-    exit 2
-fi
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(dirname "$HERE")"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+need_args 2 "$@"
 HOSTFILE="$1"
 CONFIG="$2"
 shift 2
@@ -31,8 +25,7 @@ SLOTS="${SLOTS:-1}"
 if [[ -z "${MASTER_ADDR:-}" ]]; then
     if [[ "$FIRST_HOST" == "localhost" ]]; then MASTER_ADDR=127.0.0.1; else MASTER_ADDR="$FIRST_HOST"; fi
 fi
-CORES="$(nproc)"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES / SLOTS > 0 ? CORES / SLOTS : 1 ))}"
+threads_per_rank "$SLOTS"
 
 ARGS=(--hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}")
 if [[ "${NO_SSH_CHECK:-0}" == "1" ]]; then

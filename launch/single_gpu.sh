@@ -7,10 +7,7 @@
 #   launch/single_gpu.sh tiny_jest --set train.steps=20 --set train.zero_stage=3
 # Env: MASTER_PORT (default 29500), OMP_NUM_THREADS (default 1 per process),
 #      JEST_DS_PLAIN_PYTHON=1 runs `python launch/train.py` without the deepspeed launcher.
-set -euo pipefail
-
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(dirname "$HERE")"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 CONFIG="${1:-tiny_iid}"
 [[ $# -gt 0 ]] && shift
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

@@ -6,19 +6,12 @@
 # On a machine without GPUs the ranks run on the CPU (gloo); the launcher then also needs
 # LOCAL_SIZE=NUM_GPUS, which this script sets.
 # Env: MASTER_PORT (default 29500), OMP_NUM_THREADS (default: cores / NUM_GPUS, at least 1).
-set -euo pipefail
-
-if [[ $# -lt 2 ]]; then
-    awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0" >&2
-    exit 2
-fi
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(dirname "$HERE")"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+need_args 2 "$@"
 NUM_GPUS="$1"
 CONFIG="$2"
 shift 2
-CORES="$(nproc)"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES / NUM_GPUS > 0 ? CORES / NUM_GPUS : 1 ))}"
+threads_per_rank "$NUM_GPUS"
 if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     export LOCAL_SIZE="$NUM_GPUS"
 fi

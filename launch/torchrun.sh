@@ -5,14 +5,8 @@
 # OMP_NUM_THREADS=1 and does not set LOCAL_SIZE, so DeepSpeed makes no /dev/shm buffers). Multi-node:
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=node1 launch/torchrun.sh 8 CONFIG ...   (on every node, its NODE_RANK)
 # Env: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500).
-set -euo pipefail
-
-if [[ $# -lt 2 ]]; then
-    awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0" >&2
-    exit 2
-fi
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(dirname "$HERE")"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+need_args 2 "$@"
 NPROC="$1"
 CONFIG="$2"
 shift 2

@@ -3,17 +3,12 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 
 import torch
 
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from jest_ds.train.distributed import free_port
 
 
 def _entry(rank, world, port, fn, args, queue):

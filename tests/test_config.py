@@ -205,3 +205,6 @@ def test_config_show_prints_the_resolved_yaml_and_its_deepspeed_json(capsys):
     assert "train.batch_size = 128" in err and "\n" not in err
     assert build_parser().parse_args(["train", "--config", "tiny_jest", "--config", "gpu"]).config == \
         ["tiny_jest", "gpu"]
+    assert main(["config", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert str(PACKAGED_CONFIGS) in listing and "tiny_independent" in listing and "large_zero3.json" in listing

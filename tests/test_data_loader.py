@@ -160,6 +160,14 @@ def test_state_round_trip_gives_the_identical_continuation(eight, tok, split, wo
     assert again.state_dict() == ld.state_dict() and again.epoch == 1
 
 
+def test_iterating_leaves_the_global_torch_rng_alone(eight, tok):
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    take(make(eight, tok, 8, num_workers=2), 2)
+    assert torch.equal(torch.rand(3), want)
+
+
 def test_resume_skips_without_decoding(eight, tok, monkeypatch):
     calls = {"decode": 0, "verify": 0}
     real_decode, real_ok = loader_module.decode_image, loader_module.image_ok

@@ -12,7 +12,7 @@ from synthetic_data import TINY_MODEL, tiny_config
 from jest_ds.cli import main
 from jest_ds.config import config_from_dict
 from jest_ds.models import DualEncoder
-from jest_ds.models.export import (ARTEFACT_FILES, CHECKSUMS, RUN_CONFIG, TOKENIZER, WEIGHTS, checkpoint_state_dict,
+from jest_ds.models.export import (ARTEFACT_FILES, CHECKSUMS, TOKENIZER, WEIGHTS, checkpoint_state_dict,
                                    checksums_text, export_model, gather_state_dict, load_exported)
 from jest_ds.train.trainer import train
 
@@ -58,7 +58,7 @@ def test_changing_any_file_is_detected(exported, name):
         load_exported(out)
 
 
-def test_missing_file_and_old_format_are_refused(exported, tmp_path):
+def test_missing_file_and_old_format_are_refused(exported):
     out, _, _ = exported
     (out / TOKENIZER).unlink()
     with pytest.raises(FileNotFoundError, match=f"missing {TOKENIZER}"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 from synthetic_data import TINY_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +60,11 @@ def test_wheel_carries_configs_ds_configs_and_licence(installed_wheel):
     text = zipfile.ZipFile(wheel).read(licence).decode()
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    assert "Requires-Dist: torch<3,>=2.4" in metadata and "Requires-Dist: deepspeed<0.20,>=0.16" in metadata
+    requires = {r.name: r.specifier for r in (Requirement(line.split(":", 1)[1]) for line in metadata.splitlines()
+                                              if line.startswith("Requires-Dist:"))}
+    # bounded to the majors tested: jest_ds uses private parts of both
+    assert "2.15.0" in requires["torch"] and "3.0" not in requires["torch"]
+    assert "0.19.8" in requires["deepspeed"] and "0.20.0" not in requires["deepspeed"]
 
 
 @pytest.mark.slow

@@ -25,6 +25,18 @@ def fp32_reference(synthetic_root, tmp_path_factory):
     return out / "export"
 
 
+@pytest.fixture(scope="module")
+def bf16_cache(synthetic_root, fp32_reference, tmp_path_factory):
+    """The reference's pool embeddings, computed in bf16 (as `jest-ds cache-ref --precision bf16`)."""
+    from jest_ds.data.reference_cache import build_cache
+    from jest_ds.data.tokenizer import CaptionTokenizer
+
+    out = tmp_path_factory.mktemp("cache_bf16") / "cache"
+    build_cache(fp32_reference, synthetic_root / "pool", out,
+                CaptionTokenizer.from_file(synthetic_root / "tokenizer.json"), precision="bf16", progress=False)
+    return out
+
+
 def test_bf16_model_accepts_float32_inputs_and_tracks_fp32():
     from synthetic_data import TINY_MODEL
     from jest_ds.config import ModelConfig
@@ -55,6 +67,9 @@ RUNS = {
     "iid_zero0": ({"method": "iid"}, 0),
     "iid_zero2": ({"method": "iid"}, 2),
     "iid_zero3": ({"method": "iid"}, 3),
+    "jest_cached_zero0": ({"method": "jest", "reference_mode": "cached"}, 0),
+    "jest_cached_zero2": ({"method": "jest", "reference_mode": "cached"}, 2),
+    "jest_cached_zero3": ({"method": "jest", "reference_mode": "cached"}, 3),
     "jest_forward_zero0": ({"method": "jest", "reference_mode": "forward"}, 0),
     "jest_forward_zero2": ({"method": "jest", "reference_mode": "forward"}, 2),
     "jest_forward_zero3": ({"method": "jest", "reference_mode": "forward"}, 3),
@@ -66,12 +81,14 @@ RUNS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RUNS))
-def test_half_precision_step_scores_trains_and_evaluates(synthetic_root, fp32_reference, tmp_path, name):
+def test_half_precision_step_scores_trains_and_evaluates(synthetic_root, fp32_reference, bf16_cache, tmp_path,
+                                                         name):
     selection, zero = RUNS[name]
     if selection["method"] != "iid":
         selection = {**selection, "reference": str(fp32_reference), "filter_ratio": 0.75, "n_chunks": 4,
                      "gain": 10.0}
     cfg = config_from_dict(tiny_config(synthetic_root, tmp_path, selection=selection,
+                                       data={"reference_cache": str(bf16_cache)},
                                        train={"steps": 2, "eval_every": 2,
                                               "precision": "fp16" if name.startswith("fp16") else "bf16",
                                               "zero_stage": zero}))

@@ -1,14 +1,16 @@
 """The per-shard reference-embedding cache (`jest-ds cache-ref`): values, refusals, memory maps,
 resumable writes, 2 ranks, the CLI."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dist_utils import run_ranks
 from synthetic_data import tiny_config
 from jest_ds.cli import main as cli_main
 from jest_ds.config import config_from_dict
@@ -94,7 +96,7 @@ def test_refuses_another_reference_and_names_missing_shards_and_keys(synthetic_r
     broken = tmp_path / "broken"
     shutil.copytree(cache_dir, broken)
     (broken / "pool-000001.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"no embeddings for shard .*pool-000001.tar"):
+    with pytest.raises(FileNotFoundError, match=r"no embeddings for shard .*pool-000001.tar.*batch sample 'pool-"):
         ReferenceCache(broken).lookup([s["url"]], [s["row"]], [s["key"]])
     with pytest.raises(FileNotFoundError, match=r"pool-000001.tar \(1 of 4 training shards missing\)"):
         ReferenceCache(broken).check_covers(urls)
@@ -135,6 +137,7 @@ def test_resumes_complete_shards_and_redoes_another_references(synthetic_root, r
     again = build_cache(export, synthetic_root / "pool", out, tok, progress=False)
     assert again["written"] == [] and again["already_complete"] == 4 and again["header_written"]
     (out / "pool-000002.json").unlink()  # as if killed before the shard's json was renamed into place
+    (out / "pool-000002.img.npy.tmp123").write_bytes(b"partial")
     (out / HEADER).unlink()
     with pytest.raises(FileNotFoundError, match="incomplete"):
         ReferenceCache(out)
@@ -148,22 +151,24 @@ def test_resumes_complete_shards_and_redoes_another_references(synthetic_root, r
     assert not list(out.glob("*.tmp*"))
 
 
-def _rank_cache(rank, world, export, shards, out, tokenizer):
-    info = build_cache(export, shards, out, CaptionTokenizer.from_file(tokenizer), batch_size=100, rank=rank,
-                       world_size=world, progress=False)
-    return info["written"], info["header_written"]
-
-
 @pytest.mark.slow
 def test_two_ranks_write_each_shard_once_and_equal_one_rank(synthetic_root, ref, tmp_path):
+    """Two `jest-ds cache-ref` processes with the environment torchrun / the deepspeed launcher give
+    each rank (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), running at the same time."""
     export, digest, cache_dir, tok = ref
     out = tmp_path / "cache2"
-    results = run_ranks(_rank_cache, world=2, args=(str(export), str(synthetic_root / "pool"), str(out),
-                                                    str(synthetic_root / "tokenizer.json")))
-    written = [w for r in results for w in r[0]]
-    assert sorted(written) == [f"pool-00000{i}.tar" for i in range(4)]  # each shard once
-    assert results[0][0] == ["pool-000000.tar", "pool-000002.tar"]  # shard i -> rank i % world
-    assert any(r[1] for r in results)  # the rank that completed the set wrote the header
+    cmd = [sys.executable, "-m", "jest_ds.cli", "cache-ref", "--reference", str(export), "--shards",
+           str(synthetic_root / "pool"), "--out", str(out), "--batch-size", "100", "--workers", "0", "--quiet"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}) for r in (0, 1)]
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-2000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert [(r["rank"], r["world_size"], r["written"]) for r in results] == [(0, 2, 2), (1, 2, 2)]  # 4 shards, once
+    assert any(r["header_written"] for r in results)  # the rank that completed the set wrote the header
     one, two = ReferenceCache(cache_dir, digest), ReferenceCache(out, digest)
     assert one.header == two.header
     for url in resolve_urls(synthetic_root / "pool"):
@@ -171,6 +176,8 @@ def test_two_ranks_write_each_shard_once_and_equal_one_rank(synthetic_root, ref,
         assert np.array_equal(a.keys, b.keys) and np.array_equal(a.valid, b.valid)
         # 1 thread per rank vs the test process's threads: the same fp16 value up to one rounding step
         assert np.allclose(a.img, b.img, atol=FP16) and np.allclose(a.txt, b.txt, atol=FP16)
+    written = {r: json.loads((out / f"pool-00000{r}.json").read_text()) for r in range(4)}
+    assert all(m["rows"] == 256 for m in written.values())
 
 
 def test_bf16_cache_is_close_to_fp32(synthetic_root, ref, tmp_path):

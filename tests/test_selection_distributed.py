@@ -1,7 +1,6 @@
 """2-process (gloo) distributed selection equals the single-process sampler."""
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from jest_ds.selection import Embeddings, joint_sample
+from jest_ds.train.distributed import free_port
 
 WORLD = 2
 # (B, d, batch_size, n_chunks, method, gain, loss, dtype, masked)
@@ -59,12 +59,6 @@ def worker(rank, port, out_dir):
     finally:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ checkpoint state, and a real JEST run's record against its own selected-keys log
 import json
 import shutil
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -22,7 +22,8 @@ def _image(colour: str, shape: str, size: tuple[int, int], fmt: str, rng: random
     mode = "RGBA" if fmt == "png" else "RGB"
     im = Image.new(mode, size, (255, 255, 255, 0) if mode == "RGBA" else "white")
     w, h = size
-    box = (rng.randint(0, w // 5), rng.randint(0, h // 5), w - 1 - rng.randint(0, w // 5), h - 1 - rng.randint(0, h // 5))
+    box = (rng.randint(0, w // 5), rng.randint(0, h // 5),
+           w - 1 - rng.randint(0, w // 5), h - 1 - rng.randint(0, h // 5))
     draw = ImageDraw.Draw(im)
     fill = COLOURS[colour] + ((255,) if mode == "RGBA" else ())
     {"circle": draw.ellipse, "square": draw.rectangle}.get(shape, draw.rectangle)(box, fill=fill)
@@ -60,7 +61,8 @@ def make_img2dataset_shards(out: Path, n_shards: int = 4, per_shard: int = 64, s
             "count": per_shard, "successes": per_shard, "failed_to_download": 0, "failed_to_resize": 0,
             "duration": 1.0, "start_time": 0.0, "end_time": 1.0, "status_dict": {"success": per_shard}}))
     tar = out / "00002.tar"
-    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size * 3 // 5])
+    if tar.is_file():
+        tar.write_bytes(tar.read_bytes()[: tar.stat().st_size * 3 // 5])
     return out
 
 

@@ -5,7 +5,7 @@ loader and reference scorer) and drives the same loop body as `Trainer.run`: `ne
 `Trainer.train_step(batch)` UNCHANGED. Timing is added by instance-level wrappers (nothing in
 trainer.py is edited), each with `torch.cuda.synchronize()` before and after on CUDA:
 
-  data       next(batches)                       (tar read + PNG decode + tokenise, in-process)
+  data       next(batches)                       (waiting for the loader; decode runs in data.num_workers processes)
   score      Trainer.score                       (learner no-grad forward + reference cache lookup/forward)
   select     Trainer.select                      (joint / independent sampler; 0 for IID)
   forward    Trainer.forward_backward_step minus backward and optimizer:

@@ -10,7 +10,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-if ! "$PY" -c "import jest_ds, deepspeed, timm, webdataset, fvcore, pytest" >/dev/null 2>&1; then
+# jest_ds.ds_configs exists only in an install from setup.py's package_dir (re-install older ones)
+if ! "$PY" -c "import jest_ds.ds_configs, deepspeed, timm, webdataset, fvcore, pytest" >/dev/null 2>&1; then
   echo "[setup] installing jest-ds and its dependencies (torch, deepspeed, timm, transformers, ...)"
   "$PY" -m pip install -q --upgrade pip
   "$PY" -m pip install -q -e ".[test]"

@@ -358,7 +358,8 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
     }
     rng.shuffle(candidates)
     # OpenMoji fills at most half of the curated set, the rest is a held-back clean slice
-    # of the pool's own Iconify sets (same distribution as the pool, see PROTOTYPE_FINDINGS)
+    # of the pool's own Iconify sets (the same distribution as the pool, so a reference trained on
+    # the curated part has seen clean examples of what the pool holds)
     n_om = min(len(openmoji), (curated_size + 1) // 2)
     cur_om = [openmoji[i] for i in sorted(rng.sample(range(len(openmoji)), n_om))]
     n_cur_ic = max(0, curated_size - len(cur_om))

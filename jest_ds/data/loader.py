@@ -248,8 +248,11 @@ class SuperBatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         dataset = SuperBatchDataset(self.plan, self._start())
         workers = self.num_workers
+        # A private generator: DataLoader draws its worker seed from it, not from the global torch
+        # RNG that training owns (a resumed run must see the same global RNG stream).
         loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=self.pin_memory,
-                            prefetch_factor=self.prefetch_factor if workers > 0 else None)
+                            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+                            generator=torch.Generator().manual_seed(self.plan.seed))
         batches = iter(loader)
         try:
             for loaded in batches:

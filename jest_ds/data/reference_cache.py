@@ -108,8 +108,9 @@ class ReferenceCache:
                                     "for this reference and these shards")
         header = json.loads(header_path.read_text())
         if header.get("format") != FORMAT or header.get("version") != VERSION:
-            raise StaleCacheError(f"reference cache {self.dir}: format {header.get('format')} v{header.get('version')}, "
-                                  f"expected {FORMAT} v{VERSION}: rebuild it with `jest-ds cache-ref`")
+            raise StaleCacheError(f"reference cache {self.dir}: format {header.get('format')} "
+                                  f"v{header.get('version')}, expected {FORMAT} v{VERSION}: rebuild it with "
+                                  "`jest-ds cache-ref`")
         self.reference_hash = header["reference_hash"]
         if expected_hash is not None and self.reference_hash != expected_hash:
             raise StaleCacheError(f"reference cache {self.dir} was made by reference {self.reference_hash[:12]}, "
@@ -123,6 +124,7 @@ class ReferenceCache:
 
     def check_covers(self, urls: Sequence[str]) -> None:
         """Fail fast (one directory listing) if a training shard has no complete cache files."""
+        check_unique_names(urls)
         present = set(os.listdir(self.dir))
         missing = [u for u in urls if shard_name(u) + ".json" not in present]
         if missing:
@@ -142,8 +144,8 @@ class ReferenceCache:
         meta = json.loads(meta_path.read_text())
         if meta.get("reference_hash") != self.reference_hash:
             raise StaleCacheError(f"reference cache {self.dir}: shard {name} was cached by reference "
-                                  f"{str(meta.get('reference_hash'))[:12]}, the directory by {self.reference_hash[:12]}: "
-                                  "re-run `jest-ds cache-ref`")
+                                  f"{str(meta.get('reference_hash'))[:12]}, the directory by "
+                                  f"{self.reference_hash[:12]}: re-run `jest-ds cache-ref`")
         if os.path.isfile(url) and os.path.getsize(url) != meta["shard_bytes"]:
             raise StaleCacheError(f"reference cache {self.dir}: shard {url} has {os.path.getsize(url)} bytes, "
                                   f"{meta['shard_bytes']} when it was cached: re-run `jest-ds cache-ref`")
@@ -159,7 +161,8 @@ class ReferenceCache:
             self._open.popitem(last=False)
         return shard
 
-    def lookup(self, urls: Sequence[str], rows: Sequence[int], keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup(self, urls: Sequence[str], rows: Sequence[int],
+               keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 (img, txt) [n, dim] of the samples at (shard url, row), verified against their keys."""
         n = len(keys)
         if len(urls) != n or len(rows) != n:
@@ -171,26 +174,29 @@ class ReferenceCache:
         for i, u in enumerate(urls):
             groups.setdefault(u, []).append(i)
         for url, where in groups.items():
-            shard = self.shard(url)
+            try:
+                shard = self.shard(url)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{exc} (batch sample {keys[where[0]]!r})") from None
             r = np.asarray([rows[i] for i in where], dtype=np.int64)
-            for i, row in zip(where, r.tolist()):
-                if not 0 <= row < shard.rows:
-                    raise CacheMismatchError(f"reference cache {self.dir}: sample {keys[i]!r} is row {row} of shard "
-                                             f"{url}, the cache has {shard.rows} rows for it (cache built from other "
-                                             "shards? re-run `jest-ds cache-ref`)")
+            out_of_range = np.flatnonzero((r < 0) | (r >= shard.rows))
+            if out_of_range.size:
+                j = int(out_of_range[0])
+                raise CacheMismatchError(f"reference cache {self.dir}: sample {keys[where[j]]!r} is row {r[j]} "
+                                         f"of shard {url}, the cache has {shard.rows} rows for it (cache built from "
+                                         "other shards? re-run `jest-ds cache-ref`)")
             got = shard.keys[r]
-            for i, row, k in zip(where, r.tolist(), got.tolist()):
-                if k != keys[i]:
-                    if not shard.valid[row]:
-                        raise CacheMismatchError(
-                            f"reference cache {self.dir}: sample {keys[i]!r} (row {row} of shard {url}) was skipped "
-                            f"while caching ({shard.reasons[row]}): re-run `jest-ds cache-ref` for this shard")
-                    raise CacheMismatchError(f"reference cache {self.dir}: row {row} of shard {url} holds key {k!r}, "
-                                             f"the batch has {keys[i]!r} (cache built from other shards? re-run "
-                                             "`jest-ds cache-ref`)")
+            want = np.asarray([keys[i] for i in where], dtype=str)
+            bad = np.flatnonzero((got != want) | ~shard.valid[r])
+            if bad.size:
+                j = int(bad[0])
+                row, key = int(r[j]), keys[where[j]]
                 if not shard.valid[row]:
-                    raise CacheMismatchError(f"reference cache {self.dir}: sample {k!r} (row {row} of shard {url}) "
+                    raise CacheMismatchError(f"reference cache {self.dir}: sample {key!r} (row {row} of shard {url}) "
                                              f"was skipped while caching ({shard.reasons[row]})")
+                raise CacheMismatchError(f"reference cache {self.dir}: row {row} of shard {url} holds key "
+                                         f"{str(got[j])!r}, the batch has {key!r} (cache built from other shards? "
+                                         "re-run `jest-ds cache-ref`)")
             img[where] = shard.img[r]
             txt[where] = shard.txt[r]
         return torch.from_numpy(img).float(), torch.from_numpy(txt).float()
@@ -249,6 +255,16 @@ def _shard_complete(out_dir: Path, url: str, reference_hash: str) -> bool:
     return (meta.get("version") == VERSION and meta.get("reference_hash") == reference_hash
             and meta.get("shard_bytes") == os.path.getsize(url)
             and all((out_dir / f"{name}.{p}.npy").is_file() for p in ("img", "txt", "keys")))
+
+
+def _remove_partial_files(out_dir: Path, urls: list[str]) -> None:
+    """Temporary files an interrupted run left for these shards (only this rank writes them)."""
+    names = {shard_name(u) for u in urls}
+    for f in os.listdir(out_dir):
+        final = f[:f.rfind(".tmp")] if ".tmp" in f else ""
+        for suffix in (".img.npy", ".txt.npy", ".keys.npy", ".json"):
+            if final.endswith(suffix) and final[: -len(suffix)] in names:
+                (out_dir / f).unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -339,6 +355,7 @@ def build_cache(reference_dir: str | Path, shards, out_dir: str | Path, tokenize
     out.mkdir(parents=True, exist_ok=True)
     mine = [u for i, u in enumerate(urls) if i % world_size == rank]
     todo = [u for u in mine if not _shard_complete(out, u, digest)]
+    _remove_partial_files(out, todo)
 
     written, rows, valid, skipped = [], 0, 0, SkipCounter(quiet=True)
     if todo:

@@ -155,8 +155,8 @@ def export_model(state_dict: dict[str, torch.Tensor], cfg: ExperimentConfig, out
     _check_state_dict(state_dict, cfg)
     tok = Path(tokenizer_file) if tokenizer_file else run_tokenizer_file(cfg)
     if not tok.is_file():
-        raise FileNotFoundError(f"tokenizer {tok} not found (data.tokenizer / data.root of the run's config); "
-                                "give the tokenizer file explicitly")
+        raise FileNotFoundError(f"tokenizer {tok} not found (data.tokenizer / data.root of the run's config): "
+                                "give the run's tokenizer.json explicitly (jest-ds export --tokenizer)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CHECKSUMS).unlink(missing_ok=True)  # a half-rewritten export must never verify

@@ -21,21 +21,17 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from jest_ds.collectives import all_gather_cat
+
 from .joint_sampler import _STRIP_ELEMENTS, _eligible, cpu_threads, gumbel_noise, gumbel_topk, plan_draws
 from .pair_losses import Embeddings, check_loss
 from .scores import ConditionalScorer
 
 
-def _all_gather_cat(t: torch.Tensor, world: int, group) -> torch.Tensor:
-    out = [torch.empty_like(t) for _ in range(world)]
-    dist.all_gather(out, t.contiguous(), group=group)
-    return torch.cat(out)
-
-
-def _check_layout(scorer, eligible, world, group) -> torch.Tensor:
+def _check_layout(scorer, eligible, group) -> torch.Tensor:
     """All ranks must hold the same B_local; returns per-rank eligible counts (same on all ranks)."""
     info = torch.tensor([[scorer.num, int(eligible.sum())]], dtype=torch.int64, device=scorer.device)
-    info = _all_gather_cat(info, world, group).cpu()
+    info = all_gather_cat(info, group).cpu()
     if int(info[:, 0].min()) != int(info[:, 0].max()):
         raise ValueError(f"ranks hold different numbers of candidates: {info[:, 0].tolist()}")
     return info[:, 1]
@@ -66,7 +62,7 @@ def _distributed_joint_sample(local_learner, local_reference, batch_size, n_chun
     scorer = ConditionalScorer(local_learner, local_reference, method, gain, loss, score_dtype, gids)
     device, total = scorer.device, n_local * world
     eligible = _eligible(n_local, local_mask, device)
-    counts = _check_layout(scorer, eligible, world, group)
+    counts = _check_layout(scorer, eligible, group)
     # Validate on the same synthetic global mask on every rank, so all raise or none does.
     synth = (torch.arange(n_local)[None, :] < counts[:, None]).reshape(-1)
     n_draws = plan_draws(total, batch_size, n_chunks, world if quota else None, synth)
@@ -83,12 +79,12 @@ def _distributed_joint_sample(local_learner, local_reference, batch_size, n_chun
         last = n + 1 == n_chunks
         if quota:
             pick_local = keys.topk(n_draws // world).indices
-            pick = _all_gather_cat(pick_local + lo, world, group)
+            pick = all_gather_cat(pick_local + lo, group)
             if not last:
-                chunk = {k: tuple(_all_gather_cat(x, world, group) for x in scorer.take(pick_local)[k])
+                chunk = {k: tuple(all_gather_cat(x, group) for x in scorer.take(pick_local)[k])
                          for k in names}
         else:
-            pick = gumbel_topk(_all_gather_cat(keys, world, group), n_draws)
+            pick = gumbel_topk(all_gather_cat(keys, group), n_draws)
             own = (pick >= lo) & (pick < hi)
             pick_local = pick[own] - lo
             if not last:

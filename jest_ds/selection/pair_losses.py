@@ -90,33 +90,6 @@ def diag_logits(img: torch.Tensor, txt: torch.Tensor, log_scale: Scalar, bias: S
     return t * dots + beta
 
 
-def cross_dots(img_rows: torch.Tensor, txt_cols: torch.Tensor, score_dtype=torch.float32) -> torch.Tensor:
-    """<img_a, txt_j> for all a, j via one matmul in ``score_dtype``, returned in float64."""
-    dt = compute_dtype(score_dtype)
-    return (img_rows.detach().to(dt) @ txt_cols.detach().to(dt).T).to(torch.float64)
-
-
-def _softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + e^x), stable and exact (no threshold approximation)."""
-    return -F.logsigmoid(-x)
-
-
-def sigmoid_from_logits(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """-log sigma(y * logits) with y = +1 where ``positive`` else -1."""
-    sign = torch.where(positive, 1.0, -1.0).to(logits.dtype)
-    return -F.logsigmoid(sign * logits)
-
-
-def softmax_from_logits(l_ab: torch.Tensor, l_ba: torch.Tensor, l_aa: torch.Tensor,
-                        positive: torch.Tensor) -> torch.Tensor:
-    """Softmax pair term nll_ab = (softplus(L_ab - L_aa) + softplus(L_ba - L_aa)) / 2, 0 on positives.
-
-    ``l_aa`` broadcasts against ``l_ab`` (the row example's own positive logit).
-    """
-    val = 0.5 * (_softplus(l_ab - l_aa) + _softplus(l_ba - l_aa))
-    return torch.where(positive, torch.zeros_like(val), val)
-
-
 def softmax_offdiag(l_ab: torch.Tensor, l_ba: torch.Tensor, l_aa: torch.Tensor) -> torch.Tensor:
     """Off-diagonal softmax pair term (softplus(L_ab - L_aa) + softplus(L_ba - L_aa)) / 2 in the
     logits' dtype; ``l_aa`` (already in that dtype) broadcasts against ``l_ab``."""
@@ -205,27 +178,3 @@ def nll_strips(cand_img: torch.Tensor, cand_txt: torch.Tensor, chunk_img: torch.
     rows = softmax_offdiag(logits[0], logits[1], chunk_logit[:, None])
     cols = softmax_offdiag(logits[1], logits[0], cand_logit[None, :])
     return torch.stack((rows, cols))
-
-
-def pair_nll_strips(cand: Embeddings, cand_diag: torch.Tensor, chunk_img: torch.Tensor,
-                    chunk_txt: torch.Tensor, chunk_diag: torch.Tensor, positive: torch.Tensor,
-                    loss: str = "sigmoid", score_dtype=torch.float32,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pair losses between a chunk (n rows) and candidates (C), both directions, float64 (n, C).
-
-    rows[a, i] = nll(chunk_a -> cand_i) (chunk image, candidate text);
-    cols[a, i] = nll(cand_i -> chunk_a), i.e. the dense matrix's [cand_i, chunk_a] entry.
-    ``cand_diag`` / ``chunk_diag`` are float64 positive-pair dot products; ``positive`` is the
-    (n, C) bool mask of identical examples. Same arithmetic as the dense functions.
-    (Reference helper; the sampler uses ``nll_strips`` and fixes the n positives by index.)
-    """
-    check_loss(loss)
-    ct = compute_dtype(score_dtype)
-    t, beta = affine(cand.log_scale, cand.bias, cand.img.device, ct)
-    t64, beta64 = scale_bias(cand.log_scale, cand.bias, cand.img.device)
-    conv = lambda x: x.detach().to(ct)
-    strips = nll_strips(conv(cand.img), conv(cand.txt), conv(chunk_img), conv(chunk_txt), t, beta, loss,
-                        (t64 * chunk_diag + beta64).to(ct), (t64 * cand_diag + beta64).to(ct)).to(torch.float64)
-    pos_val = (-F.logsigmoid(t64 * chunk_diag + beta64) if loss == "sigmoid"
-               else torch.zeros_like(chunk_diag))[:, None]
-    return torch.where(positive, pos_val, strips[0]), torch.where(positive, pos_val, strips[1])

@@ -27,7 +27,7 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     # A plain `python` run is a world of one; the launchers set these for every rank.
     for key, value in (("RANK", rank), ("LOCAL_RANK", local_rank), ("WORLD_SIZE", world),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", os.environ.get("MASTER_PORT") or _free_port())):
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", os.environ.get("MASTER_PORT") or free_port())):
         os.environ.setdefault(key, str(value))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -93,7 +93,8 @@ def _unlink_shm_buffers() -> None:
     shm_buffer_path(dist.get_rank()).unlink(missing_ok=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a rendezvous on this machine)."""
     import socket
 
     with socket.socket() as s:
@@ -108,12 +109,18 @@ def device() -> torch.device:
 
 
 def shutdown() -> None:
-    """Barrier then destroy: without it ~1 in 4 CPU runs aborted at exit (STACK_NOTES).
+    """Barrier, then destroy the process group. Without the barrier, multi-rank CPU (gloo) runs
+    sometimes aborted at exit: a rank that finished first tore its group down while a peer was
+    still in its last collective.
 
-    A world of one keeps its group, so several runs can share a process (tests, notebooks):
-    DeepSpeed caches the group and cannot re-initialise after a destroy."""
+    Called while an exception is propagating (the trainer's `finally`), it skips the barrier: a
+    failed rank must not wait for peers that may be gone or stuck. A world of one keeps its
+    group, so several runs can share a process (tests, notebooks): DeepSpeed caches the group and
+    cannot re-initialise after a destroy."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        failing = sys.exc_info()[1] is not None
         try:
-            dist.barrier()
+            if not failing:
+                dist.barrier()
         finally:
             dist.destroy_process_group()

@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
-from jest_ds.config import ExperimentConfig
 from jest_ds.data.reference_cache import ReferenceCache, default_cache_dir
+from jest_ds.config import PRECISION_DTYPES, ExperimentConfig, resolved_precision
 from jest_ds.models.export import load_exported
 from jest_ds.selection import Embeddings
 
@@ -44,6 +44,8 @@ class ReferenceScorer:
                 from jest_ds.train.engine import build_frozen_engine
 
                 model = build_frozen_engine(cfg, model, world_size)
+            else:  # a replicated reference runs in the run's precision too (its outputs are upcast below)
+                model = model.to(getattr(torch, PRECISION_DTYPES[resolved_precision(cfg)]))
             self.model = model
             self.mode = "forward"
 

@@ -1,13 +1,18 @@
 """Which selected examples Flexi-JEST trains at the coarse patch size.
 
-The paper splits the selected batch in half at random every step: one half is
-encoded at the base patch, the other at the coarse patch, and the embeddings go
-into one sigmoid loss. Here every global position of the step's selected batch
-gets a uniform random key drawn from (seed, step) alone, so a resumed run replays
-the same split with no saved state. Each rank takes the positions of its own
-slice ([rank·b/W, (rank+1)·b/W)) and sends the round(fraction · b/W) with the
-smallest keys through the coarse path: a uniformly random subset of exactly the
-size the FLOP ledger counts, the same on every rank, so no rank waits on another.
+Flexi-JEST splits the selected batch in two: one part (`flexi_low_res_fraction`,
+a half in the paper) is encoded at the coarse patch, the rest at the base patch,
+and the embeddings go into one sigmoid loss. Which examples go coarse is drawn at
+random every step, so no position of the batch (e.g. the last-drawn chunks of
+the joint sampler) always trains at low resolution.
+
+Every global position of the step's selected batch gets a uniform random key
+drawn from (seed, step) alone, so a resumed run replays the same split with no
+saved state. Each rank takes the keys of its own slice ([rank·b/W, (rank+1)·b/W))
+and sends the round(fraction · b/W) examples with the smallest keys through the
+coarse path: a uniformly random subset of exactly the size the FLOP ledger
+counts, equal on every rank, so no rank waits on another. The keys do not depend
+on the world size; the subsets do (each rank picks within its own slice).
 """
 from __future__ import annotations
 

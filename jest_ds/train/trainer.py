@@ -27,6 +27,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from jest_ds import flops as flop_model
+from jest_ds.collectives import all_gather_cat
 from jest_ds.config import ExperimentConfig, save_config
 from jest_ds.data.eval_sets import list_eval_sets, load_eval_set
 from jest_ds.data.loader import SuperBatchLoader
@@ -223,7 +224,7 @@ class Trainer:
             return torch.arange(self.b_local)
         if s.method == "independent":
             local = diagonal_scores(learner, reference, s.score, s.gain).double()
-            everything = self._gather(local)
+            everything = all_gather_cat(local)
             chosen = independent_sample(everything, b, mode=s.independent_mode, generator=self.selection_rng,
                                         quota=self.world if s.quota_per_rank else None)
         elif self.world == 1:
@@ -238,13 +239,6 @@ class Trainer:
         if mine.numel() != self.b_local:
             raise RuntimeError(f"selection gave rank {self.rank} {mine.numel()} examples, expected {self.b_local}")
         return mine.cpu()
-
-    def _gather(self, x: torch.Tensor) -> torch.Tensor:
-        if self.world == 1:
-            return x
-        parts = [torch.empty_like(x) for _ in range(self.world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
 
     def forward_backward_step(self, batch: Batch) -> dict[str, float]:
         """Forward with grad, global loss, backward, optimizer step. Returns `loss`, the learner's

@@ -16,21 +16,16 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from jest_ds.train.distributed import free_port  # noqa: F401  (used by the tests as H.free_port)
+
 REPO = Path(__file__).resolve().parents[2]
 CTX = mp.get_context("fork")
-LOG_ENV = "JEST_DS_LOG_SELECTED"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LOG_ENV = "JEST_DS_LOG_SELECTED"  # the trainer's SELECTED_KEYS_ENV: log selected keys per step
 
 
 def shm_leftovers() -> list[str]:
@@ -49,37 +44,6 @@ def remove_shm_for_port(port: int) -> list[str]:
 
 
 # ----------------------------------------------------------------- selected-keys log
-def install_selected_log() -> None:
-    """Make the trainer write <out_dir>/selected_keys_rank<r>.jsonl when JEST_DS_LOG_SELECTED=1.
-
-    No-op once jest_ds.train.trainer does it natively (it then defines SELECTED_KEYS_ENV); until
-    then the same behaviour is patched in (see the diff proposed to the lead in docs/cluster.md)."""
-    from jest_ds.train import trainer as T
-
-    if getattr(T, "SELECTED_KEYS_ENV", None) or getattr(T.Trainer, "_itest_patched", False):
-        return
-    orig_select, orig_step = T.Trainer.select, T.Trainer.train_step
-
-    def select(self, learner, reference):
-        local = orig_select(self, learner, reference)
-        self._itest_local = local
-        return local
-
-    def train_step(self, batch):
-        record = orig_step(self, batch)
-        if os.environ.get(LOG_ENV) == "1":
-            if getattr(self, "_itest_log", None) is None:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                self._itest_log = open(self.out_dir / f"selected_keys_rank{self.rank}.jsonl", "a")
-            self._itest_log.write(json.dumps({
-                "step": self.step + 1, "rank": self.rank, "world": self.world, "candidates": batch.keys,
-                "selected": [batch.keys[i] for i in self._itest_local.tolist()], "loss": record["loss"]}) + "\n")
-            self._itest_log.flush()
-        return record
-
-    T.Trainer.select, T.Trainer.train_step, T.Trainer._itest_patched = select, train_step, True
-
-
 def read_selected(out_dir: Path, world: int) -> dict[int, dict[int, dict]]:
     """{step: {rank: record}}; for a resumed run the LAST record of a step wins (the re-run one);
     a line cut off by SIGKILL is ignored."""
@@ -124,7 +88,6 @@ def _worker(rank: int, world: int, port: int, cfg: dict, resume: str, env: dict[
     import torch
 
     torch.set_num_threads(1)
-    install_selected_log()
     from jest_ds.config import config_from_dict
     from jest_ds.train.trainer import train
 

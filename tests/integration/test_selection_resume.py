@@ -165,6 +165,14 @@ def test_sigkill_then_resume_matches_uninterrupted(jest_config, uninterrupted, t
             assert got[step][r]["selected"] == want[step][r]["selected"], (step, r)
             assert got[step][r]["loss"] == want[step][r]["loss"], (step, r)
     assert H.read_losses(out) == H.read_losses(out_ref)
+    # the per-rank selection record (jest_ds/train/selection_record.py) survives the kill, too
+    from jest_ds.train.selection_record import load_record
+
+    assert all((out / "selection_record" / f"rank_{r}" / "index.json").is_file() for r in (0, 1))
+    rec, rec_ref = load_record(out), load_record(out_ref)
+    assert rec.keys() == rec_ref.keys() and all(rec[u].tobytes() == rec_ref[u].tobytes() for u in rec)
+    super_batch = round(cfg["train"]["batch_size"] / (1 - cfg["selection"]["filter_ratio"]))
+    assert sum(int(a["offered"].sum()) for a in rec.values()) == STEPS * super_batch
     # (5) keep_last=2 pruned the rest; only complete checkpoints are left
     left = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert left == [checkpoint.tag_for(STEPS - 1), checkpoint.tag_for(STEPS)], left
