@@ -43,7 +43,8 @@ def resample_kernel(kernel: torch.Tensor, pinv: torch.Tensor, new: int) -> torch
     """[D, C, p, p] kernel -> [D, C, new, new] with a `pinv_resize_matrix`; float32 math (autocast off),
     returned in the kernel's dtype."""
     d, c = kernel.shape[:2]
-    with torch.autocast(device_type=kernel.device.type, enabled=False):
+    autocast_device = kernel.device.type if kernel.device.type in ("cpu", "cuda") else "cpu"  # e.g. "meta" has none
+    with torch.autocast(device_type=autocast_device, enabled=False):
         flat = kernel.reshape(d, c, -1).float() @ pinv
     return flat.reshape(d, c, new, new).to(kernel.dtype)
 

@@ -26,6 +26,7 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     # A plain `python` run is a world of one; the launchers set these for every rank.
+    own_port = "MASTER_PORT" not in os.environ
     for key, value in (("RANK", rank), ("LOCAL_RANK", local_rank), ("WORLD_SIZE", world),
                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", os.environ.get("MASTER_PORT") or free_port())):
         os.environ.setdefault(key, str(value))
@@ -40,6 +41,10 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
                                verbose=False, rank=rank, world_size=world, auto_mpi_discovery=False)
     if backend == "gloo":
         _unlink_shm_buffers()
+    if own_port and world == 1:
+        # This process's group keeps listening on that port: a `jest-ds` child process (the demo's
+        # stages, a notebook calling the CLI) must not inherit it, or its own init fails (EADDRINUSE).
+        del os.environ["MASTER_PORT"]
     return dist.get_rank(), dist.get_world_size()
 
 
