@@ -263,6 +263,27 @@ def test_every_image_corrupt_is_a_clear_error(tmp_path, tok):
         take(make(tmp_path / "d", tok, 4, num_workers=0), 1)
 
 
+def test_shards_without_a_valid_sample_are_a_clear_error(tmp_path, tok):
+    (tmp_path / "g").mkdir()
+    for i in range(2):
+        (tmp_path / "g" / f"g-{i:06d}.tar").write_bytes(b"\x00garbage" * 300)
+    with pytest.raises(ValueError, match="no valid sample in the training shards"):
+        take(make(tmp_path / "g", tok, 4, num_workers=0, split="sample"), 1)
+
+
+def test_a_slot_dealt_only_corrupt_shards_continues_into_its_next_epoch(tmp_path, tok):
+    d = tmp_path / "mixed"
+    icon_shards(d, n=48, per_shard=24)  # part-000000, part-000001
+    for name in ("part-000002.tar", "part-000003.tar"):
+        (d / name).write_bytes(b"\x00garbage" * 300)
+    urls = resolve_urls(d)
+    dealt = [[slot_shards(urls, 3, e, s, 2) for s in range(2)] for e in range(6)]
+    assert any(all("part-00000" + c not in " ".join(sh) for c in "01") for ep in dealt for sh in ep)  # it happens
+    for rank in range(2):  # 2 ranks × in-process decoding = 2 slots
+        batches = take(make(d, tok, 8, rank=rank, world_size=2, num_workers=0, split="shard"), 12)
+        assert all(len(b) == 8 for b in batches) and all(k.startswith("s000") for b in batches for k in b.keys)
+
+
 def test_too_few_samples(tmp_path, tok):
     icon_shards(tmp_path / "tiny", n=3, per_shard=3)
     with pytest.raises(ValueError, match="too few for a super-batch of 4"):  # found while reading

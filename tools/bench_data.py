@@ -206,14 +206,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{' '.join(f'{x:.2f}' for x in info['loadavg_end'])} (end)\n")
     print("| data | split | workers | candidates/s per rank | first batch s |\n|---|---|---:|---:|---:|")
     for c in capacity:
-        print(f"| {c['data']} | {c['split']} | {c['workers']} | {c['candidates_per_s']:.0f} | {c['first_batch_s']:.2f} |")
+        print(f"| {c['data']} | {c['split']} | {c['workers']} | {c['candidates_per_s']:.0f} | "
+              f"{c['first_batch_s']:.2f} |")
     print("\n| data.num_workers | workers | split | step ms | data ms | data share | consumed cand/s | "
           "capacity cand/s | capacity / consumption |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in training:
         cap = f"{r['capacity_candidates_per_s']:.0f}" if r["capacity_candidates_per_s"] else "n/a"
         ratio = f"{r['capacity_over_consumption']:.2f}x" if r["capacity_over_consumption"] else "n/a"
         print(f"| {r['train_workers']} | {r['resolved_workers']} | {r['split']} | {r['step_ms']:.0f} | "
-              f"{r['data_ms']:.1f} | {100 * r['data_share']:.1f}% | {r['consumed_candidates_per_s']:.0f} | {cap} | {ratio} |")
+              f"{r['data_ms']:.1f} | {100 * r['data_share']:.1f}% | {r['consumed_candidates_per_s']:.0f} | "
+              f"{cap} | {ratio} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))

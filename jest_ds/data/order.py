@@ -8,7 +8,7 @@ Valid items. An item is a sample that passes the *structural* checks of
 json). The pixel check (PNG verify + decode) is done later, only by the worker that owns the
 sample (see "Corrupt images" below), so nobody decodes or verifies another worker's samples.
 
-Epoch order (``epoch_order``). Epoch ``e`` permutes the shard list with
+Epoch order (``global_epoch``, ``slot_epoch``). Epoch ``e`` permutes the shard list with
 ``Random(f"jest-ds-shards-{seed}-{e}")`` and streams the valid items of the shards in that
 order through a shuffle buffer of ``shuffle_buffer`` items driven by the same RNG.
 
@@ -162,7 +162,10 @@ def shuffled(items: Iterable[dict], size: int, rng: random.Random) -> Iterator[d
     yield from buf
 
 
-def global_epoch(urls: list[str], seed: int, shuffle_buffer: int, read: RawReader) -> Callable[[int, EventLog], Iterator[dict]]:
+EpochItems = Callable[[int, EventLog], Iterator[dict]]  # epoch, event log -> that epoch's items in order
+
+
+def global_epoch(urls: list[str], seed: int, shuffle_buffer: int, read: RawReader) -> EpochItems:
     """Epoch -> the global order of that epoch (sample mode)."""
     def items(epoch: int, log: EventLog) -> Iterator[dict]:
         rng = epoch_rng(seed, epoch)
@@ -171,7 +174,7 @@ def global_epoch(urls: list[str], seed: int, shuffle_buffer: int, read: RawReade
 
 
 def slot_epoch(urls: list[str], seed: int, shuffle_buffer: int, read: RawReader, slot: int,
-               n_slots: int) -> Callable[[int, EventLog], Iterator[dict]]:
+               n_slots: int) -> EpochItems:
     """Epoch -> the order of one slot's shards in that epoch (shard mode)."""
     def items(epoch: int, log: EventLog) -> Iterator[dict]:
         rng = random.Random(f"jest-ds-slot-{seed}-{epoch}-{slot}")
@@ -179,7 +182,7 @@ def slot_epoch(urls: list[str], seed: int, shuffle_buffer: int, read: RawReader,
     return items
 
 
-def stream(epoch_items: Callable[[int, EventLog], Iterator[dict]], start: Position, *,
+def stream(epoch_items: EpochItems, start: Position, *,
            max_empty_epochs: int, min_epoch_items: int = 1, what: str = "the training shards") -> Iterator[StreamItem]:
     """The infinite stream from ``start``: epochs one after another; items before ``start`` are
     skipped (their events dropped). An epoch with fewer than ``min_epoch_items`` items is an
@@ -229,7 +232,8 @@ def groups(items: Iterator[StreamItem], size: int) -> Iterator[tuple[list[Stream
 
 # --------------------------------------------------------------------------- who produces what
 def sample_mode_batches(urls: list[str], seed: int, shuffle_buffer: int, read: RawReader, start: Position, *,
-                        rank: int, world_size: int, batch_size: int, worker: int, n_workers: int) -> Iterator[OwnedBatch]:
+                        rank: int, world_size: int, batch_size: int, worker: int,
+                        n_workers: int) -> Iterator[OwnedBatch]:
     """The batches worker ``worker`` of ``n_workers`` of rank ``rank`` produces from ``start``:
     rank ``rank``'s share of every ``n_workers``-th super-batch (the ``worker``-th first)."""
     super_batch = batch_size * world_size
