@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", required=True, action="append", help=CONFIG_HELP)
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
     tr.add_argument("--resume", default="", help="'latest' or a checkpoint directory")
-    tr.add_argument("--no-export", action="store_true", help="skip the final safetensors export")
+    tr.add_argument("--no-export", action="store_true", help="skip the final export (weights, config, tokenizer, preprocessing, SHA256SUMS)")
     tr.add_argument("--quiet", action="store_true")
     tr.add_argument("--print-json", action="store_true", help="print the final eval metrics as JSON")
     tr.add_argument("--peak-flops", type=float, default=None, metavar="FLOP/S",

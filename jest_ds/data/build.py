@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import sources as S
-from .shards import write_tar
+from .shards import pad_to_square, write_tar
 
 log = logging.getLogger("jest_ds.data.build")
 
@@ -61,13 +61,7 @@ def _fit_on_white(img, size: int):
 
     img = img.convert("RGBA")
     bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-    img = Image.alpha_composite(bg, img).convert("RGB")
-    w, h = img.size
-    if w != h:
-        s = max(w, h)
-        sq = Image.new("RGB", (s, s), (255, 255, 255))
-        sq.paste(img, ((s - w) // 2, (s - h) // 2))
-        img = sq
+    img = pad_to_square(Image.alpha_composite(bg, img).convert("RGB"))
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.LANCZOS)
     return img

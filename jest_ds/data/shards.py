@@ -256,16 +256,23 @@ def prepare_image(im, image_size: int) -> np.ndarray:
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, im)
-    im = im.convert("RGB")
-    w, h = im.size
-    if w != h:
-        side = max(w, h)
-        square = Image.new("RGB", (side, side), (255, 255, 255))
-        square.paste(im, ((side - w) // 2, (side - h) // 2))
-        im = square
+    im = pad_to_square(im.convert("RGB"))
     if im.size != (image_size, image_size):
         im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
     return np.asarray(im, dtype=np.uint8)
+
+
+def pad_to_square(im):
+    """An RGB PIL image centred on a white square of side max(w, h) (aspect kept); square images as they are."""
+    from PIL import Image
+
+    w, h = im.size
+    if w == h:
+        return im
+    side = max(w, h)
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(im, ((side - w) // 2, (side - h) // 2))
+    return square
 
 
 def decode_image(data: bytes, image_size: int) -> np.ndarray:
