@@ -73,6 +73,7 @@ RUNS = {
     "jest_forward_zero0": ({"method": "jest", "reference_mode": "forward"}, 0),
     "jest_forward_zero2": ({"method": "jest", "reference_mode": "forward"}, 2),
     "jest_forward_zero3": ({"method": "jest", "reference_mode": "forward"}, 3),
+    "flexi_zero0": ({"method": "jest", "reference_mode": "cached", "flexi": True}, 0),
     "flexi_zero2": ({"method": "jest", "reference_mode": "forward", "flexi": True}, 2),
     "flexi_zero3": ({"method": "jest", "reference_mode": "forward", "flexi": True}, 3),
     "fp16_jest_forward_zero2": ({"method": "jest", "reference_mode": "forward"}, 2),
