@@ -306,13 +306,31 @@ def measure_fvcore_flops(model: Any, inputs: tuple[Any, ...] | Any) -> int:
 
     fvcore traces the model with torch.jit; inputs must be tensors (wrap non-tensor
     arguments such as a patch size in a small module). SDPA attention gets a handle
-    (fvcore skips it otherwise); norms/pooling/upsampling are ignored."""
+    (fvcore skips it otherwise); norms/pooling/upsampling are ignored.
+
+    A DeepSpeed ZeRO-3 engine replaces ``torch.nn.functional.linear`` process-wide with an
+    autograd Function, which a jit trace records as an opaque PythonOp (every linear layer
+    would count zero); the trace therefore runs with torch's builtin linear restored."""
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(inputs, tuple):
+        inputs = (inputs,)
+    patched_linear = F.linear
+    F.linear = torch._C._nn.linear  # what torch itself defines F.linear as
+    try:
+        return _fvcore_count(model, inputs)
+    finally:
+        F.linear = patched_linear
+
+
+def _fvcore_count(model: Any, inputs: tuple[Any, ...]) -> int:
     import warnings
 
     import torch
 
-    if not isinstance(inputs, tuple):
-        inputs = (inputs,)
     with torch.no_grad(), warnings.catch_warnings():
         # fvcore uses torch.jit (script at import, trace here), deprecated in recent torch
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)

@@ -37,7 +37,13 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "gloo" and os.environ.get(SHM_COMM_ENV, "0") != "1":
         _skip_shm_comm()
-    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # Groups created later without a timeout (DeepSpeed's data-parallel group, whose all-reduce
+    # computes ZeRO's gradient norm) take torch's module default (30 min for gloo), not this
+    # group's: a hung peer would then block a rank there far past train.collective_timeout_s.
+    dist.distributed_c10d.default_pg_timeout = timeout
+    dist.distributed_c10d.default_pg_nccl_timeout = timeout
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout,
                                verbose=False, rank=rank, world_size=world, auto_mpi_discovery=False)
     if backend == "gloo":
         _unlink_shm_buffers()
