@@ -17,22 +17,13 @@ from jest_ds.train.trainer import train
 
 
 @pytest.fixture(scope="module")
-def fp32_reference(synthetic_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference_fp32")
-    cfg = tiny_config(synthetic_root, out, data={"root": str(synthetic_root), "train_part": "curated"},
-                      train={"steps": 4, "eval_every": 0})
-    train(config_from_dict(cfg), show_progress=False)
-    return out / "export"
-
-
-@pytest.fixture(scope="module")
-def bf16_cache(synthetic_root, fp32_reference, tmp_path_factory):
+def bf16_cache(synthetic_root, short_reference, tmp_path_factory):
     """The reference's pool embeddings, computed in bf16 (as `jest-ds cache-ref --precision bf16`)."""
     from jest_ds.data.reference_cache import build_cache
     from jest_ds.data.tokenizer import CaptionTokenizer
 
     out = tmp_path_factory.mktemp("cache_bf16") / "cache"
-    build_cache(fp32_reference, synthetic_root / "pool", out,
+    build_cache(short_reference, synthetic_root / "pool", out,
                 CaptionTokenizer.from_file(synthetic_root / "tokenizer.json"), precision="bf16", progress=False)
     return out
 
@@ -82,11 +73,11 @@ RUNS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RUNS))
-def test_half_precision_step_scores_trains_and_evaluates(synthetic_root, fp32_reference, bf16_cache, tmp_path,
+def test_half_precision_step_scores_trains_and_evaluates(synthetic_root, short_reference, bf16_cache, tmp_path,
                                                          name):
     selection, zero = RUNS[name]
     if selection["method"] != "iid":
-        selection = {**selection, "reference": str(fp32_reference), "filter_ratio": 0.75, "n_chunks": 4,
+        selection = {**selection, "reference": str(short_reference), "filter_ratio": 0.75, "n_chunks": 4,
                      "gain": 10.0}
     cfg = config_from_dict(tiny_config(synthetic_root, tmp_path, selection=selection,
                                        data={"reference_cache": str(bf16_cache)},

@@ -101,23 +101,12 @@ def test_histograms_reach_tensorboard(tmp_path):
 
 # ---------------------------------------------------------------------------- a real run
 
-@pytest.fixture(scope="module")
-def reference_export(synthetic_root, tmp_path_factory):
-    from jest_ds.train.trainer import train
-
-    out = tmp_path_factory.mktemp("reference")
-    cfg = tiny_config(synthetic_root, out, data={"root": str(synthetic_root), "train_part": "curated"},
-                      train={"steps": 4, "eval_every": 0})
-    train(config_from_dict(cfg), show_progress=False)
-    return out / "export"
-
-
 def _record_arrays(run_dir):
     return {u: r.copy() for u, r in load_record(run_dir).items()}
 
 
 @pytest.mark.slow
-def test_a_jest_run_records_its_selection_and_a_resume_reproduces_it(synthetic_root, reference_export, tmp_path,
+def test_a_jest_run_records_its_selection_and_a_resume_reproduces_it(synthetic_root, short_reference, tmp_path,
                                                                      monkeypatch):
     from jest_ds.curate import export_top
     from jest_ds.data.shards import SkipCounter, iter_raw_samples, resolve_urls
@@ -125,7 +114,7 @@ def test_a_jest_run_records_its_selection_and_a_resume_reproduces_it(synthetic_r
 
     monkeypatch.setenv(SELECTED_KEYS_ENV, "1")
     run = tmp_path / "run"
-    sel = {"method": "jest", "reference": str(reference_export), "reference_mode": "forward",
+    sel = {"method": "jest", "reference": str(short_reference), "reference_mode": "forward",
            "filter_ratio": 0.75, "n_chunks": 4, "gain": 10.0}
     cfg = tiny_config(synthetic_root, run, selection=sel,
                       train={"steps": 6, "batch_size": 16, "eval_every": 0, "checkpoint_every": 3, "keep_last": 2})

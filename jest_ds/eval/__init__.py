@@ -15,7 +15,7 @@ import torch
 from jest_ds.eval.encode import encode_images, encode_texts
 from jest_ds.eval.linear_probe import few_shot_accuracy
 from jest_ds.eval.retrieval import retrieval_metrics
-from jest_ds.eval.validation import validation_metrics
+from jest_ds.eval.validation import validation_loss
 from jest_ds.eval.zeroshot import class_embeddings, prompts, topk_accuracy
 
 
@@ -46,6 +46,9 @@ def evaluate_set(model, es, tokenizer, context_length: int, device, batch_size: 
         out["chance_R@1"], out["chance_R@5"] = 1.0 / n, min(1.0, 5.0 / n)
         out["headline"] = 0.5 * (out["i2t_R@5"] + out["t2i_R@5"])
         out["headline_chance"] = out["chance_R@5"]
+        # the training loss on these held-out pairs, per pair (eval/validation.py), from the same embeddings
+        enc = model(None, None)  # scale and bias are read inside forward (gathered under ZeRO-3)
+        out.update(validation_loss(img, txt, enc.log_scale.detach().float().cpu(), enc.bias.detach().float().cpu()))
     else:
         raise ValueError(f"evaluation set {es.name}: unknown task {es.task!r}")
     out["skipped"] = float(sum(es.skipped.values()))  # samples of the set that could not be loaded
@@ -61,8 +64,6 @@ def evaluate(model, eval_sets, tokenizer, context_length: int, device, batch_siz
     try:
         for es in eval_sets:
             res = evaluate_set(model, es, tokenizer, context_length, device, batch_size, few_shot)
-            if es.task == "retrieval":  # the training loss on held-out pairs, per pair (eval/validation.py)
-                res.update(validation_metrics(model, es, tokenizer, context_length, device, batch_size))
             chance = res.pop("headline_chance")
             headlines.append((res["headline"] - chance) / max(1e-9, 1.0 - chance))
             metrics.update({f"eval/{es.name}/{k}": v for k, v in res.items()})

@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jest_ds.eval.encode import encode_images, encode_texts
 
 CHUNK_ROWS = 1024
 
@@ -51,14 +50,3 @@ def validation_loss(img: torch.Tensor, txt: torch.Tensor, log_scale, bias,
     pos, neg = sigmoid_pair_loss_sums(img, txt, log_scale, bias, chunk_rows)
     return {"val_loss": (pos + neg) / (n * n), "val_loss_pos": pos / n,
             "val_loss_neg": neg / (n * (n - 1)) if n > 1 else float("nan")}
-
-
-@torch.no_grad()
-def validation_metrics(model, es, tokenizer, context_length: int, device, batch_size: int = 256,
-                       chunk_rows: int = CHUNK_ROWS) -> dict[str, float]:
-    """Validation loss of a retrieval set (`EvalSet`) under `model`'s current weights, scale and bias."""
-    img = encode_images(model, es.images, batch_size, device)
-    txt = encode_texts(model, tokenizer.encode_batch(list(es.captions), context_length), batch_size, device)
-    enc = model(None, None)  # scale and bias read inside forward (gathered under ZeRO-3)
-    return validation_loss(img, txt, enc.log_scale.detach().float().cpu(), enc.bias.detach().float().cpu(),
-                           chunk_rows)
