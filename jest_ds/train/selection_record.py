@@ -105,11 +105,10 @@ class SelectionRecord:
             self.shards[url] = rec
         self.last_learnability, self.last_chosen = scores, chosen.astype(bool)
 
-    def add_step(self, step: int, batch, local: torch.Tensor, learner: Embeddings | None,
-                 reference: Embeddings | None) -> None:
-        """Record a training step: `batch` holds this rank's candidates, `local` the chosen ones."""
-        self.add(step, batch.urls, batch.rows, chosen_mask(len(batch.keys), local),
-                 self_pair_learnability(learner, reference))
+    def add_step(self, step: int, batch, local: torch.Tensor, learnability: np.ndarray | None) -> None:
+        """Record a training step: `batch` holds this rank's candidates, `local` the chosen ones,
+        `learnability` their `self_pair_learnability` (None without a learner and a reference)."""
+        self.add(step, batch.urls, batch.rows, chosen_mask(len(batch.keys), local), learnability)
 
     def histograms(self) -> dict[str, np.ndarray]:
         """Self-pair learnability of the latest step's candidates: all of them and the chosen ones."""

@@ -46,7 +46,7 @@ from jest_ds.train.grad_norm import dense_grad_norm, engine_reports_grad_norm
 from jest_ds.train.metrics import MetricsWriter, ThroughputMeter, peak_memory_metrics
 from jest_ds.train.reference import ReferenceScorer
 from jest_ds.train.resolution_split import coarse_mask
-from jest_ds.train.selection_record import RECORD_DIR, SelectionRecord, source_acceptance
+from jest_ds.train.selection_record import RECORD_DIR, SelectionRecord, self_pair_learnability, source_acceptance
 
 log = logging.getLogger("jest_ds.train")
 
@@ -304,8 +304,9 @@ class Trainer:
         if reference is not None:
             record["reference/scale"] = float(torch.as_tensor(reference.log_scale).float().exp())
             record["reference/bias"] = float(torch.as_tensor(reference.bias).float())
-        record.update(self.selection_metrics(batch, local, learner, reference))
-        self.selection_record.add_step(self.step + 1, batch, local, learner, reference)
+        learnability = self_pair_learnability(learner, reference)  # per candidate; None without both models
+        record.update(self.selection_metrics(batch, local, learnability))
+        self.selection_record.add_step(self.step + 1, batch, local, learnability)
         record.update(source_acceptance(batch.meta, local))  # this rank's view, like sel/source_share
         if self.selected_log is not None:
             self.selected_log.write(json.dumps({
@@ -314,15 +315,15 @@ class Trainer:
             self.selected_log.flush()
         return record
 
-    def selection_metrics(self, batch: Batch, local: torch.Tensor, learner, reference) -> dict[str, float]:
+    def selection_metrics(self, batch: Batch, local: torch.Tensor, learnability) -> dict[str, float]:
         """Planted-noise and per-source shares of the chosen batch vs the super-batch; mean self-pair
         learnability of the chosen vs all candidates (summed over ranks)."""
         chosen_mask = torch.zeros(len(batch.keys), dtype=torch.bool)
         chosen_mask[local] = True
         noisy = torch.tensor([bool(m.get("caption_noisy", False)) for m in batch.meta])
         values = [float(noisy[chosen_mask].sum()), float(chosen_mask.sum()), float(noisy.sum()), float(len(noisy))]
-        if learner is not None and reference is not None and self.cfg.selection.score == "learnability":
-            diag = diagonal_scores(learner, reference, "learnability", 1.0).double().cpu()
+        if learnability is not None and self.cfg.selection.score == "learnability":
+            diag = torch.from_numpy(learnability).double()
             values += [float(diag[chosen_mask].sum()), float(diag.sum())]
         totals = _all_reduce_sum(values, self.device)
         out = {"sel/noisy_share_chosen": totals[0] / max(totals[1], 1),
