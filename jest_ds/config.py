@@ -47,7 +47,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     root: str = "data/embedded"  # embedded dataset root (`jest-ds data build`); "" for a run on users' shards alone
-    train_part: str = "pool"  # a part of the embedded dataset (used when train_shards is empty)
+    train_part: str = "pool"  # a part of the embedded dataset, or several joined by "+" (used when train_shards is empty)
     train_shards: list[str] = field(default_factory=list)  # a directory, a brace pattern, or a list of them
     tokenizer: str = ""  # "" -> <root>/tokenizer.json
     shuffle_buffer: int = 2000
@@ -71,7 +71,7 @@ class SelectionConfig:
     reference_mode: Literal["cached", "forward"] = "cached"
     reference_zero3: bool = False  # partition the frozen reference with ZeRO-3 instead of replicating it
     flexi: bool = False  # Flexi-JEST: coarse-patch scoring + two-resolution training
-    flexi_low_res_fraction: float = 0.5  # share of the selected batch trained at the coarse patch
+    flexi_low_res_fraction: float = 0.5  # share of the selected batch trained at the coarse patch (0: none)
     quota_per_rank: bool = True  # each rank trains on b/world of ITS OWN candidates
 
 
@@ -112,6 +112,9 @@ class EvalConfig:
     sets: list[str] = field(default_factory=list)  # names under <root>/eval; empty = all
     few_shot: int = 10
     batch_size: int = 256
+    best_metric: str = ""  # e.g. eval/icon_val/val_loss_batch: the export is the model at its best eval
+    best_mode: Literal["min", "max"] = "min"  # min: lower is better (losses); max: higher (accuracy, R@5)
+    patience: int = 0  # with best_metric: stop after this many evals without improvement; 0: run all steps
 
 
 @dataclass
@@ -225,8 +228,9 @@ def _check(cfg: ExperimentConfig) -> None:
         bad("selection.n_chunks", s.n_chunks, f"must divide train.batch_size ({t.batch_size})")
     if s.gain <= 0:
         bad("selection.gain", s.gain, "must be positive")
-    if not 0.0 < s.flexi_low_res_fraction < 1.0:
-        bad("selection.flexi_low_res_fraction", s.flexi_low_res_fraction, "must be in (0, 1)")
+    if not 0.0 <= s.flexi_low_res_fraction < 1.0:
+        bad("selection.flexi_low_res_fraction", s.flexi_low_res_fraction,
+            "must be in [0, 1) (0: coarse-patch scoring only, every example trained at the base patch)")
     if s.flexi and s.method == "iid":
         bad("selection.flexi", s.flexi, "Flexi-JEST needs method jest or independent")
     if s.method != "iid" and s.score != "hard_learner" and not s.reference:
@@ -253,6 +257,13 @@ def _check(cfg: ExperimentConfig) -> None:
         bad("data.train_shards", d.train_shards, "must be set when data.root is empty")
     if not d.root and not d.tokenizer:
         bad("data.tokenizer", d.tokenizer, "must be set when data.root is empty")
+    e = cfg.eval
+    if e.patience < 0:
+        bad("eval.patience", e.patience, "must be >= 0 (0: no early stop)")
+    if e.patience and not e.best_metric:
+        bad("eval.patience", e.patience, "needs eval.best_metric (the metric whose plateau stops training)")
+    if e.best_metric and not t.eval_every:
+        bad("eval.best_metric", e.best_metric, "needs train.eval_every > 0 (the best of several evaluations)")
     if t.peak_flops < 0:
         bad("train.peak_flops", t.peak_flops, "must be >= 0 (0: from the device)")
     if t.steps <= 0:

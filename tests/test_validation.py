@@ -48,6 +48,22 @@ def test_known_answer_and_5000_pairs():
     assert big["val_loss"] * n > 5 * small["val_loss"] * 500
 
 
+@pytest.mark.parametrize("b", [2, 3, 4])
+def test_val_loss_batch_is_the_mean_training_loss_over_every_batch(b):
+    # oracle: the training loss (dense form) of EVERY b-subset of 7 held-out pairs, averaged
+    import itertools
+
+    img, txt = _pairs(7, seed=2)
+    t, bias = torch.tensor([math.log(10.0)]), torch.tensor([-3.0])
+    losses = [float(sigmoid_loss_dense(img[list(c)].double(), txt[list(c)].double(), t.double(), bias.double()))
+              for c in itertools.combinations(range(7), b)]
+    out = validation_loss(img, txt, t, bias, batch_size=b, chunk_rows=3)
+    assert out["val_loss_batch"] == pytest.approx(sum(losses) / len(losses), rel=1e-12)
+    assert "val_loss_batch" not in validation_loss(img, txt, t, bias)
+    with pytest.raises(ValueError, match="needs 1 < b <= n = 7"):
+        validation_loss(img, txt, t, bias, batch_size=8)
+
+
 def test_bad_shapes_are_one_clear_error():
     with pytest.raises(ValueError, match="must be \\[n, d\\] alike"):
         sigmoid_pair_loss_sums(torch.zeros(4, 3), torch.zeros(5, 3), 0.0, 0.0)
@@ -67,8 +83,10 @@ def test_evaluate_logs_val_loss_for_retrieval_sets_only(synthetic_root):
     model = DualEncoder(ModelConfig(**TINY_MODEL, vocab_size=64))
     tok = CaptionTokenizer.from_file(synthetic_root / "tokenizer.json")
     sets = [load_eval_set(d, 16) for d in list_eval_sets(synthetic_root)]
-    metrics = evaluate(model, sets, tok, 8, torch.device("cpu"), batch_size=32, few_shot=0)
+    metrics = evaluate(model, sets, tok, 8, torch.device("cpu"), batch_size=32, few_shot=0, loss_batch_size=4)
     assert "eval/shapes_retrieval/val_loss" in metrics and "eval/colours/val_loss" not in metrics
+    m = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("eval/shapes_retrieval/")}
+    assert m["val_loss_batch"] == pytest.approx(m["val_loss_pos"] + 3 * m["val_loss_neg"], rel=1e-12)
     rt = next(s for s in sets if s.task == "retrieval")
     img = encode_images(model, rt.images, 32, "cpu")
     txt = encode_texts(model, tok.encode_batch(list(rt.captions), 8), 32, "cpu")

@@ -1,10 +1,20 @@
 """Batch learnability vs n_chunks vs brute-force Gibbs (the paper's Figure 2, left and middle).
 
+Synthetic scores: a learnability matrix with planted cluster structure, so joint (off-diagonal)
+terms matter:
+
     python tools/selection_diagnostics.py --png docs/figures/selection_diagnostics.png [--out diag.json]
 
-Scores: a synthetic learnability matrix with planted cluster structure, so joint
-(off-diagonal) terms matter. Learnability of a batch
-s(𝔅) = sum of S over 𝔅 x 𝔅; each number is a mean over --draws batches.
+Real scores: the learnability matrix of --superbatches super-batches of B candidates read from a
+part of the embedded dataset (in the training order of --seed), scored by two exported models
+with the functions training uses (score method, gain and pair loss default to the learner
+export's run config: --score, --gain, --loss override):
+
+    python tools/selection_diagnostics.py --learner runs/demo/jest/export --reference runs/demo/reference/export \
+        --data-root data/embedded [--part pool] [--B 640 --b 128] [--superbatches 2] --png fig2_real.png
+
+Learnability of a batch s(𝔅) = sum of S over 𝔅 x 𝔅 (S includes the gain); each number is a mean
+over --draws batches (and over the super-batches).
 """
 from __future__ import annotations
 
@@ -16,24 +26,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from jest_ds.selection import batch_score, gibbs_sample, joint_sample_from_scores, uniform_sample  # noqa: E402
-
-
-def planted_scores(B, clusters, seed, strength=0.3):
-    """Synthetic learnability matrix: +strength within a cluster, -strength across, N(0, strength^2)
-    pair noise, N(0, 1) self-pair scores (the structure of the paper's Figure 2, left)."""
-    g = torch.Generator().manual_seed(seed)
-    cl = torch.arange(B) % clusters
-    S = torch.where(cl[:, None] == cl[None, :], strength, -strength).double()
-    S = S + strength * torch.randn(B, B, generator=g, dtype=torch.float64)
-    S.diagonal().copy_(torch.randn(B, generator=g, dtype=torch.float64))
-    return S
+from jest_ds.selection.diagnostics import compare_samplers, planted_scores  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--B", type=int, default=96)
-    ap.add_argument("--b", type=int, default=32)
+    ap.add_argument("--B", type=int, default=None, help="candidates (default: 96 synthetic, 640 real)")
+    ap.add_argument("--b", type=int, default=None, help="batch size chosen (default: 32 synthetic, 128 real)")
+    ap.add_argument("--learner", type=Path, help="exported learner: real scores (with --reference, --data-root)")
+    ap.add_argument("--reference", type=Path, help="exported reference model")
+    ap.add_argument("--data-root", type=Path, help="embedded dataset root (e.g. data/embedded)")
+    ap.add_argument("--part", default="pool", help="part of the embedded dataset the candidates come from")
+    ap.add_argument("--superbatches", type=int, default=1, help="super-batches to score (results are averaged)")
+    ap.add_argument("--score", choices=["learnability", "easy_reference", "hard_learner"], default=None)
+    ap.add_argument("--gain", type=float, default=None)
+    ap.add_argument("--loss", choices=["sigmoid", "softmax"], default=None)
     ap.add_argument("--strength", type=float, default=0.3)
     ap.add_argument("--clusters", type=int, default=3)
     ap.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
@@ -43,18 +50,31 @@ def main(argv=None):
     ap.add_argument("--png", type=Path)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
-    S = planted_scores(a.B, a.clusters, a.seed, a.strength)
+    real = a.learner is not None or a.reference is not None
+    if real and (a.learner is None or a.reference is None or a.data_root is None):
+        ap.error("real scores need --learner, --reference and --data-root")
+    a.B = a.B or (640 if real else 96)
+    a.b = a.b or (128 if real else 32)
     g = torch.Generator().manual_seed(a.seed + 1)
-    mean = lambda draw: torch.stack([batch_score(S, draw()) for _ in range(a.draws)]).mean().item()
-    res = {"uniform": mean(lambda: uniform_sample(a.B, a.b, g))}
-    res["chunks"] = {n: mean(lambda: joint_sample_from_scores(S, a.b, n, g)) for n in a.chunks if a.b % n == 0}
-    batch = gibbs_sample(S, a.b, a.gibbs_sweeps, g)
-    vals = []
-    for _ in range(a.draws):
-        batch = gibbs_sample(S, a.b, 1, g, init=batch)
-        vals.append(batch_score(S, batch))
-    res["gibbs"] = torch.stack(vals).mean().item()
-    print(f"B={a.B} b={a.b} strength={a.strength} clusters={a.clusters} draws={a.draws} gibbs burn-in={a.gibbs_sweeps} sweeps\n")
+    if real:
+        from jest_ds.reports.real_scores import ScoreSettings, real_score_matrices
+
+        try:
+            matrices, _, used = real_score_matrices(a.learner, a.reference, a.data_root, a.part, a.B, a.superbatches,
+                                                    a.seed, ScoreSettings(a.score, a.gain, a.loss))
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"selection_diagnostics: error: {exc}", file=sys.stderr)
+            return 2
+        title = (f"real scores: learner {a.learner}, reference {a.reference}, {len(matrices)} super-batch(es) of "
+                 f"{a.part}, score {used.method}, gain {used.gain:g}, loss {used.loss}")
+    else:
+        matrices = [planted_scores(a.B, a.clusters, a.seed, a.strength)]
+        title = f"synthetic scores: strength={a.strength} clusters={a.clusters}"
+    runs = [compare_samplers(S, a.b, a.chunks, a.draws, a.gibbs_sweeps, g) for S in matrices]
+    res = {"uniform": sum(r["uniform"] for r in runs) / len(runs), "gibbs": sum(r["gibbs"] for r in runs) / len(runs),
+           "chunks": {n: sum(r["chunks"][n] for r in runs) / len(runs) for n in runs[0]["chunks"]}}
+    S = matrices[0]
+    print(f"{title}\nB={a.B} b={a.b} draws={a.draws} gibbs burn-in={a.gibbs_sweeps} sweeps\n")
     print("| sampler | mean batch learnability |\n|---|---|")
     print(f"| uniform | {res['uniform']:.2f} |")
     for n, v in res["chunks"].items():
@@ -81,7 +101,8 @@ def main(argv=None):
         fig.savefig(a.png, dpi=100)
     if a.out:
         a.out.write_text(json.dumps(res, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

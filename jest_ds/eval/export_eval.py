@@ -52,7 +52,8 @@ def evaluate_export(model_dir: str | Path, set_dirs: list[Path], device: str = "
     tokenizer = get_tokenizer(model_dir).tokenizer
     check_tokenizer(tokenizer, cfg.model.vocab_size, f"exported model {model_dir}")
     sets = [load_eval_set(d, cfg.model.image_size) for d in set_dirs]
-    metrics = evaluate(model, sets, tokenizer, cfg.model.context_length, dev, batch_size, few_shot)
+    metrics = evaluate(model, sets, tokenizer, cfg.model.context_length, dev, batch_size, few_shot,
+                       loss_batch_size=cfg.train.batch_size)  # val_loss_batch at the size it trained with
     info = {"model": str(model_dir), "sha256": digest, "device": str(dev),
             "sets": {s.name: {"dir": str(d), "task": s.task, "samples": len(s), "skipped": s.skipped}
                      for s, d in zip(sets, set_dirs)}}

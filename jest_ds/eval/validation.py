@@ -9,8 +9,14 @@ another or with the training loss. It is reported per pair instead, for each ret
 * ``val_loss_pos`` = (1/n) Σ_i nll_ii, the mean over the n matching pairs;
 * ``val_loss_neg`` = mean of nll_ij over the n(n − 1) mismatched pairs,
 
-so ``val_loss = (val_loss_pos + (n − 1) · val_loss_neg) / n``, and the training loss at batch
-size b corresponds to ``val_loss_pos + (b − 1) · val_loss_neg``. nll_ij = −log σ(y_ij · L_ij) with
+so ``val_loss = (val_loss_pos + (n − 1) · val_loss_neg) / n``. With the training batch size b,
+
+* ``val_loss_batch`` = ``val_loss_pos + (b − 1) · val_loss_neg``: the loss training reports,
+  (1/b) Σ_i Σ_j nll_ij, in expectation over batches of b pairs drawn from the held-out set
+  without replacement (each row of such a batch holds one matching pair and b − 1 mismatched
+  pairs drawn uniformly from the n(n − 1)), computed exactly rather than by sampling batches.
+  It weighs positives and negatives as training does, so it is the benchmark's validation loss:
+  the all-pairs mean is dominated by the n − 1 negatives of each row. nll_ij = −log σ(y_ij · L_ij) with
 L_ij = exp(t') <img_i, txt_j> + β, the model's own learnt scale and bias. Rows are processed in
 chunks (O(chunk · n) memory), in float64.
 """
@@ -43,10 +49,16 @@ def sigmoid_pair_loss_sums(img: torch.Tensor, txt: torch.Tensor, log_scale, bias
     return pos, neg
 
 
-def validation_loss(img: torch.Tensor, txt: torch.Tensor, log_scale, bias,
+def validation_loss(img: torch.Tensor, txt: torch.Tensor, log_scale, bias, batch_size: int = 0,
                     chunk_rows: int = CHUNK_ROWS) -> dict[str, float]:
-    """``val_loss``, ``val_loss_pos``, ``val_loss_neg`` of n held-out pairs (see the module docstring)."""
+    """``val_loss``, ``val_loss_pos``, ``val_loss_neg`` of n held-out pairs, and ``val_loss_batch``
+    when ``batch_size`` (the training batch size b) is given (see the module docstring)."""
     n = img.shape[0]
+    if batch_size and not 1 < batch_size <= n:
+        raise ValueError(f"validation loss at batch size {batch_size}: needs 1 < b <= n = {n} held-out pairs")
     pos, neg = sigmoid_pair_loss_sums(img, txt, log_scale, bias, chunk_rows)
-    return {"val_loss": (pos + neg) / (n * n), "val_loss_pos": pos / n,
-            "val_loss_neg": neg / (n * (n - 1)) if n > 1 else float("nan")}
+    out = {"val_loss": (pos + neg) / (n * n), "val_loss_pos": pos / n,
+           "val_loss_neg": neg / (n * (n - 1)) if n > 1 else float("nan")}
+    if batch_size:
+        out["val_loss_batch"] = out["val_loss_pos"] + (batch_size - 1) * out["val_loss_neg"]
+    return out

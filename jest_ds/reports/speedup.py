@@ -54,7 +54,10 @@ def run_group(name: str) -> str:
 def method_label(cfg: dict) -> str:
     sel = cfg.get("selection", {})
     method = sel.get("method", "?")
-    if method != "iid":
+    part = cfg.get("data", {}).get("train_part", "pool")
+    if method == "iid" and part != "pool" and not cfg.get("data", {}).get("train_shards"):
+        method = f"iid on {part}"  # a baseline on another part of the embedded dataset (curated, pool+curated)
+    elif method != "iid":
         method = f"{'flexi-' if sel.get('flexi') else ''}{method} f={sel.get('filter_ratio')}"
     return method
 

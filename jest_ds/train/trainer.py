@@ -40,6 +40,7 @@ from jest_ds.models.export import export_model, gather_state_dict
 from jest_ds.selection import Embeddings, diagonal_scores, independent_sample, joint_sample
 from jest_ds.selection.distributed import distributed_joint_sample
 from jest_ds.train import checkpoint
+from jest_ds.train.best import BestTracker
 from jest_ds.train.distributed import device as pick_device, init_distributed, shutdown
 from jest_ds.train.engine import build_engine
 from jest_ds.train.grad_norm import dense_grad_norm, engine_reports_grad_norm
@@ -77,15 +78,17 @@ def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path | None, list[str], Capt
             urls = resolve_urls(d.train_shards)
         except (FileNotFoundError, ValueError) as exc:
             raise FileNotFoundError(f"data.train_shards = {spec!r}: {exc}") from None
-    else:
-        part = root / d.train_part
-        if not part.is_dir():
-            raise FileNotFoundError(f"data.train_part = {d.train_part!r}: no directory {part} "
-                                    "(a part of the embedded dataset; set data.train_shards for other shards)")
-        try:
-            urls = resolve_urls(part)
-        except ValueError as exc:
-            raise FileNotFoundError(f"data.train_part = {d.train_part!r}: {exc}") from None
+    else:  # one part, or several joined by "+" (pool+curated)
+        urls = []
+        for name in d.train_part.split("+"):
+            part = root / name.strip()
+            if not name.strip() or not part.is_dir():
+                raise FileNotFoundError(f"data.train_part = {d.train_part!r}: no directory {part} "
+                                        "(a part of the embedded dataset; set data.train_shards for other shards)")
+            try:
+                urls += resolve_urls(part)
+            except ValueError as exc:
+                raise FileNotFoundError(f"data.train_part = {d.train_part!r}: {exc}") from None
     tok_path = Path(d.tokenizer) if d.tokenizer else root / "tokenizer.json"
     if not tok_path.is_file():
         raise FileNotFoundError(f"data.tokenizer = {str(tok_path)!r}: no such file (make one from your shards' captions "
@@ -159,6 +162,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.selected_log = open(self.out_dir / f"selected_keys_rank{self.rank}.jsonl", "a")
         self.selection_record = SelectionRecord(self.out_dir / RECORD_DIR, self.rank)
+        self.best = BestTracker(cfg.eval.best_metric, cfg.eval.best_mode, cfg.eval.patience)
         ckpt = checkpoint.resolve(resume, self.ckpt_root)
         if ckpt is not None:
             self._restore(ckpt)
@@ -195,6 +199,7 @@ class Trainer:
         self.step = trainer_state["step"]
         self.ledger.load_state_dict(trainer_state["ledger"])
         self.nonfinite_total = trainer_state.get("nonfinite_total", 0)
+        self.best.load_state_dict(trainer_state.get("best", {}))
         if self.is_main:
             log.info("resumed from %s at step %d", ckpt, self.step)
 
@@ -316,21 +321,26 @@ class Trainer:
         return record
 
     def selection_metrics(self, batch: Batch, local: torch.Tensor, learnability) -> dict[str, float]:
-        """Planted-noise and per-source shares of the chosen batch vs the super-batch; mean self-pair
-        learnability of the chosen vs all candidates (summed over ranks)."""
+        """Planted-noise, on-target (the embedded dataset's ``on_target`` flag) and per-source shares of
+        the chosen batch vs the super-batch; mean self-pair learnability of the chosen vs all candidates
+        (summed over ranks)."""
         chosen_mask = torch.zeros(len(batch.keys), dtype=torch.bool)
         chosen_mask[local] = True
         noisy = torch.tensor([bool(m.get("caption_noisy", False)) for m in batch.meta])
-        values = [float(noisy[chosen_mask].sum()), float(chosen_mask.sum()), float(noisy.sum()), float(len(noisy))]
+        target = torch.tensor([bool(m.get("on_target", False)) for m in batch.meta])
+        values = [float(noisy[chosen_mask].sum()), float(chosen_mask.sum()), float(noisy.sum()), float(len(noisy)),
+                  float(target[chosen_mask].sum()), float(target.sum())]
         if learnability is not None and self.cfg.selection.score == "learnability":
             diag = torch.from_numpy(learnability).double()
             values += [float(diag[chosen_mask].sum()), float(diag.sum())]
         totals = _all_reduce_sum(values, self.device)
         out = {"sel/noisy_share_chosen": totals[0] / max(totals[1], 1),
-               "sel/noisy_share_all": totals[2] / max(totals[3], 1)}
-        if len(totals) > 4:
-            out["sel/learnability_chosen"] = totals[4] / max(totals[1], 1)
-            out["sel/learnability_all"] = totals[5] / max(totals[3], 1)
+               "sel/noisy_share_all": totals[2] / max(totals[3], 1),
+               "sel/target_share_chosen": totals[4] / max(totals[1], 1),
+               "sel/target_share_all": totals[5] / max(totals[3], 1)}
+        if len(totals) > 6:
+            out["sel/learnability_chosen"] = totals[6] / max(totals[1], 1)
+            out["sel/learnability_all"] = totals[7] / max(totals[3], 1)
         groups = Counter(m.get("source", "?") for m, c in zip(batch.meta, chosen_mask.tolist()) if c)
         for name, count in groups.items():
             out[f"sel/source_share/{name}"] = count / max(int(chosen_mask.sum()), 1)  # this rank's view
@@ -342,12 +352,13 @@ class Trainer:
             return {}
         model = self.engine.module
         return evaluate(model, self.eval_sets, self.tokenizer, self.cfg.model.context_length, self.device,
-                        self.cfg.eval.batch_size, self.cfg.eval.few_shot)
+                        self.cfg.eval.batch_size, self.cfg.eval.few_shot, loss_batch_size=self.cfg.train.batch_size)
 
     def save_checkpoint(self) -> None:
         rank_state = {"rng": checkpoint.rng_state(self.selection_rng), "loader": self.loader.state_dict(),
                       "skipped": self.skipped.as_dict(), "selection_record": self.selection_record.state_dict()}
-        trainer_state = {"step": self.step, "ledger": self.ledger.state_dict(), "nonfinite_total": self.nonfinite_total}
+        trainer_state = {"step": self.step, "ledger": self.ledger.state_dict(), "nonfinite_total": self.nonfinite_total,
+                         "best": self.best.state_dict()}
         checkpoint.save(self.engine, self.ckpt_root, self.step, rank_state, trainer_state, self.cfg.train.keep_last)
         self.selection_record.flush()
 
@@ -373,6 +384,8 @@ class Trainer:
             if do_eval:
                 final = self.evaluate()
                 record.update(final)
+                if self.best.enabled and self.best.update(self.step, final):
+                    self.export()  # the run's export is its best evaluation so far (jest_ds/train/best.py)
             if do_eval or self.step % t.log_every == 0:
                 record.update(self.ledger.as_metrics())
                 record.update(self.throughput.as_metrics())
@@ -383,8 +396,14 @@ class Trainer:
                 self.metrics.write_histograms(self.step, self.selection_record.histograms())
             if do_eval and self.is_main and final:
                 bar.write(f"step {self.step}: loss {record['loss']:.4f}\n{format_metrics(final)}")
-            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps:
+            stop = do_eval and self.best.should_stop
+            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps or stop:
                 self.save_checkpoint()
+            if stop:
+                if self.is_main:
+                    bar.write(f"step {self.step}: {self.best.metric} has not improved on step {self.best.step}'s "
+                              f"{self.best.value:.4g} for {self.best.evals_since} evaluations: stopping")
+                break
         bar.close()
         return final
 
@@ -417,6 +436,8 @@ class Trainer:
             digest = export_model(state, self.cfg, out_dir or self.out_dir / "export")
             summary = {"step": self.step, "sha256": digest, "skipped": skipped,
                        "flops": self.ledger.totals()}
+            if self.best.enabled:
+                summary["best"] = self.best.state_dict()
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return digest
 
@@ -431,7 +452,7 @@ def train(cfg: ExperimentConfig, resume: str = "", export: bool = True, show_pro
     trainer = Trainer(cfg, resume=resume, show_progress=show_progress)
     try:
         final = trainer.run()
-        if export:
+        if export and not trainer.best.enabled:  # with eval.best_metric the best evaluation was exported
             trainer.export()
         return final
     finally:
