@@ -170,3 +170,15 @@ def test_best_eval_is_exported_and_a_plateau_stops_training(synthetic_root, tmp_
     with pytest.raises(KeyError, match="eval.best_metric = 'eval/nope/x': not among the evaluation metrics"):
         train(config_from_dict(tiny_config(synthetic_root, tmp_path / "bad", train={"steps": 2, "eval_every": 1},
                                            eval={"best_metric": "eval/nope/x"})), show_progress=False)
+
+
+def test_train_part_joins_parts_with_plus(synthetic_root):
+    from jest_ds.train.trainer import resolve_dataset
+
+    cfg = config_from_dict(tiny_config(synthetic_root, synthetic_root / "unused",
+                                       data={"root": str(synthetic_root), "train_part": "pool+curated"}))
+    _, urls, _ = resolve_dataset(cfg)
+    assert [u.split("/")[-2] for u in urls] == ["pool"] * 4 + ["curated"] * 2
+    cfg.data.train_part = "pool+nope"
+    with pytest.raises(FileNotFoundError, match="data.train_part = 'pool\\+nope': no directory .*nope"):
+        resolve_dataset(cfg)

@@ -1,0 +1,41 @@
+"""`jest-ds demo` end to end, as a user runs it, on the small synthetic dataset: the reference with
+its best-evaluation export, its cache, IID / JEST and the curated and pool+curated baselines, and
+the two speedup reports."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_reports_the_baselines(synthetic_root, tmp_path):
+    out = tmp_path / "demo"
+    metric = "eval/shapes_retrieval/val_loss_batch"
+    small = ["train.batch_size=32", "data.num_workers=0"]  # the synthetic retrieval set has 64 pairs
+    cmd = [sys.executable, "-m", "jest_ds.cli", "demo", "--out", str(out), "--data-root", str(synthetic_root),
+           "--steps", "4", "--eval-every", "2", "--reference-steps", "6",
+           "--methods", "iid,jest,curated,pool_curated", "--metric", metric,
+           "--reference-set", f"eval.best_metric={metric}"]
+    for s in small:
+        cmd += ["--set", s, "--reference-set", s]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    ref = json.loads((out / "reference/summary.json").read_text())
+    assert ref["best"]["metric"] == metric and ref["step"] == ref["best"]["step"]
+    parts = {}
+    for name in ("iid", "jest", "curated", "pool_curated"):
+        cfg = yaml.safe_load((out / name / "config.yaml").read_text())
+        assert json.loads((out / name / "summary.json").read_text())["step"] == 4
+        parts[name] = cfg["data"]["train_part"]
+        assert cfg["train"]["batch_size"] == 32
+    assert parts == {"iid": "pool", "jest": "pool", "curated": "curated", "pool_curated": "pool+curated"}
+    jest_cfg = yaml.safe_load((out / "jest/config.yaml").read_text())
+    assert jest_cfg["selection"]["reference"] == str(out / "reference/export")
+    report = (out / "report/speedup.md").read_text()
+    for label in ("iid on curated", "iid on pool+curated", "jest f=0.8"):
+        assert label in report
+    assert metric in report and (out / "report_second/speedup.md").is_file()
+    assert "eval/shapes_retrieval/headline" in res.stdout
