@@ -99,10 +99,10 @@ OLD_TINY_FILES = {
     "tiny_iid": _old_file("tiny_iid", "pool", {"method": "iid"}),
     # since the benchmark redesign: trained until the target validation loss plateaus, best eval exported
     "tiny_reference": {**_old_file("tiny_reference", "curated", {"method": "iid"}),
-                       "train": {**_old_file("x", "", {})["train"], "steps": 3000, "eval_every": 50,
+                       "train": {**_old_file("x", "", {})["train"], "steps": 1500, "eval_every": 100,
                                  "out_dir": "runs/tiny_reference"},
-                       "eval": {"few_shot": 10, "best_metric": "eval/icon_val/val_loss_batch", "best_mode": "min",
-                                "patience": 4}},
+                       "eval": {"few_shot": 10, "best_metric": "eval/icon_val/headline", "best_mode": "max",
+                                "patience": 6}},
     "tiny_curated": _old_file("tiny_curated", "curated", {"method": "iid"}),
     "tiny_pool_curated": _old_file("tiny_pool_curated", "pool+curated", {"method": "iid"}),
     "tiny_jest": _old_file("tiny_jest", "pool", _OLD_JEST),

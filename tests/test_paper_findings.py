@@ -265,3 +265,19 @@ def test_synthetic_mode_still_works(tmp_path):
                                                 "--gibbs-sweeps", "50", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["gibbs"] > res["chunks"]["8"] > res["chunks"]["1"] > res["uniform"]
+
+
+def test_copies_of_one_reference_export_group_together(tmp_path):
+    ref_a = _reference_run(tmp_path, "ref_a", [(50, 1.5)])
+    ref_copy = _reference_run(tmp_path, "ref_copy", [(50, 1.5)])
+    ref_other = _reference_run(tmp_path, "ref_other", [(50, 1.5)])
+    for ref, sums in ((ref_a, "abc  model.safetensors\n"), (ref_copy, "abc  model.safetensors\n"),
+                      (ref_other, "def  model.safetensors\n")):
+        (ref / "SHA256SUMS").write_text(sums)
+    runs = [_run(tmp_path, "iid", 0, [(0, 2.0), (400, 1.0)]),
+            _run(tmp_path, "j0", 0, [(0, 2.0), (100, 1.0)], **_jest(reference=str(ref_a))),
+            _run(tmp_path, "j1", 1, [(0, 2.0), (100, 1.0)], **_jest(reference=str(ref_copy))),
+            _run(tmp_path, "j2", 2, [(0, 2.0), (100, 1.0)], **_jest(reference=str(ref_other)))]
+    fd = analyse(runs, METRIC)
+    groups = {g.setting.reference: sorted(Path(m.path).name for m in g.runs) for g in fd.groups}
+    assert groups == {None: ["iid"], str(ref_a): ["j0", "j1"], str(ref_other): ["j2"]}

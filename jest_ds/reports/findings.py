@@ -23,12 +23,14 @@ Flexi-JEST with and without two-resolution training, reference quality, selectio
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from jest_ds.config import DataConfig, SelectionConfig
+from jest_ds.models.export import CHECKSUMS
 from jest_ds.reports.seed_stats import mean_interval
 from jest_ds.reports.speedup import Curve, group_rows, load_curve, lower_is_better, paired_baselines, run_row
 from jest_ds.selection import METHODS
@@ -164,9 +166,25 @@ def reference_quality(reference: str, metric: str) -> tuple[float, int] | None:
     return float(row[metric]), int(row["step"])
 
 
+def same_references_once(runs: list[Run]) -> None:
+    """Runs whose reference exports are byte-identical (same SHA256SUMS, e.g. a copied export) get
+    the first such path, so they group as one setting."""
+    first: dict[str, str] = {}
+    for run in runs:
+        ref = run.setting.reference
+        sums = Path(ref) / CHECKSUMS if ref is not None else None
+        if sums is None or not sums.is_file():
+            continue
+        canonical = first.setdefault(hashlib.sha256(sums.read_bytes()).hexdigest(), ref)
+        if canonical != ref:
+            run.setting = replace(run.setting, reference=canonical)
+            run.curve.group = run.setting.label
+
+
 def analyse(run_dirs: list[str | Path], metric: str, direction: str = "auto") -> Findings:
     lower = lower_is_better(metric, direction)
     runs = [load_run(d, metric) for d in run_dirs]
+    same_references_once(runs)
     by_setting = group_runs(runs)
     base_setting = Setting("iid", "pool")
     if base_setting not in by_setting:
