@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set-up, then `jest-ds demo` (build the embedded dataset if absent,
 # train the reference on the curated part, cache its embeddings, train IID vs JEST vs Flexi-JEST and
-# the curated-only and pool+curated baselines for the same number of iterations, print the speedup
-# tables). Extra arguments go to `jest-ds demo`
+# the curated-only baseline for the same number of iterations, print the speedup tables). Extra arguments go to `jest-ds demo`
 # (e.g. --scale gpu, --steps 1000, --methods iid,jest,flexi,independent).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO"
