@@ -70,9 +70,9 @@ def test_runs_are_grouped_by_config_not_name(tmp_path):
     fd = analyse(runs, METRIC)
     by = {g.label: sorted(r.path.name for r in g.runs) for g in fd.groups}
     assert by == {"iid on pool": ["a", "b"],
-                  "jest f=0.8 learnability ref refs/a/export": ["x_s0", "y", "z"],
-                  "jest f=0.8 easy_reference ref refs/a/export": ["x_s1"],
-                  "jest f=0.8 hard_learner": ["w"]}  # hard_learner uses no reference
+                  "jest f=0.8 learnability ref refs/a/export gain 100 16 chunks": ["x_s0", "y", "z"],
+                  "jest f=0.8 easy_reference ref refs/a/export gain 100 16 chunks": ["x_s1"],
+                  "jest f=0.8 hard_learner gain 100 16 chunks": ["w"]}  # hard_learner uses no reference
     assert fd.baseline.label == "iid on pool" and [r.seed for r in fd.baseline.runs] == [0, 1]
 
 
@@ -81,7 +81,9 @@ def test_setting_fields():
     assert setting_of({"data": {"train_part": "curated"}}) == Setting("iid", "curated")  # default method: iid
     flexi = setting_of({"selection": {"method": "jest", "flexi": True, "flexi_low_res_fraction": 0,
                                       "reference": "r/export/"}})
-    assert flexi == Setting("jest", "pool", 0.8, "learnability", True, 0.0, "r/export")  # defaults from the config
+    assert flexi == Setting("jest", "pool", 0.8, "learnability", True, 0.0, "r/export", 100.0, 16)  # config defaults
+    independent = setting_of({"selection": {"method": "independent", "reference": "r", "n_chunks": 4}})
+    assert independent.n_chunks is None and independent.gain == 100.0  # n_chunks is the joint sampler's
     assert flexi != setting_of({"selection": {"method": "jest", "flexi": True, "reference": "r/export"}})
 
 
@@ -281,3 +283,21 @@ def test_copies_of_one_reference_export_group_together(tmp_path):
     fd = analyse(runs, METRIC)
     groups = {g.setting.reference: sorted(Path(m.path).name for m in g.runs) for g in fd.groups}
     assert groups == {None: ["iid"], str(ref_a): ["j0", "j1"], str(ref_other): ["j2"]}
+
+
+def test_gain_and_chunk_sweeps_get_their_own_section(tmp_path):
+    runs = [_run(tmp_path, "iid", 0, [(0, 2.0), (400, 1.0)]),
+            _run(tmp_path, "iid_s1", 1, [(0, 2.0), (400, 1.0)]),
+            _run(tmp_path, "jest", 0, [(0, 2.0), (100, 1.0)], **_jest(gain=10.0, n_chunks=16)),
+            _run(tmp_path, "jest_s1", 1, [(0, 2.0), (200, 1.0)], **_jest(gain=10.0, n_chunks=16)),
+            _run(tmp_path, "jest_g100", 0, [(0, 2.0), (50, 1.0)], **_jest(gain=100.0, n_chunks=16)),
+            _run(tmp_path, "jest_c4", 0, [(0, 2.0), (400, 1.0)], **_jest(gain=10.0, n_chunks=4)),
+            _run(tmp_path, "independent", 0, [(0, 2.0), (400, 1.5)],
+                 **_jest(method="independent", gain=10.0, n_chunks=64))]  # n_chunks unused by independent
+    text = write_findings(runs, tmp_path / "out", METRIC)
+    sweep = text.split("## Sampler settings")[1]
+    assert _row(sweep, ["10 (default)", "16"])[2:5] == ["2 seeds", "1.0000 [1.0000, 1.0000]", "3.00× [-9.71, 15.71]"]
+    assert _row(sweep, ["100", "16"])[4] == "8.00×" and _row(sweep, ["10", "4"])[4] == "1.00×"
+    fig3 = text.split("## Joint vs independent")[1].split("##")[0]
+    assert "2 seeds" in fig3 and "8.00×" not in fig3  # the other sections stay at the default sampler
+    assert _row(fig3, ["0.8", "independent"])[3] == "1.5000"

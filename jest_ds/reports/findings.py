@@ -50,6 +50,8 @@ class Setting:
     flexi: bool = False
     low_res_fraction: float | None = None
     reference: str | None = None
+    gain: float | None = None  # the sampler's settings (the gain / n_chunks sweeps)
+    n_chunks: int | None = None  # joint sampler only
 
     @property
     def label(self) -> str:
@@ -63,6 +65,10 @@ class Setting:
             parts.append(f"low-res share {self.low_res_fraction:g}")
         if self.reference is not None:
             parts.append(f"ref {self.reference}")
+        if self.gain is not None:
+            parts.append(f"gain {self.gain:g}")
+        if self.n_chunks is not None:
+            parts.append(f"{self.n_chunks} chunks")
         if self.train_part != "pool":
             parts.append(f"on {self.train_part}")
         return " ".join(parts)
@@ -79,7 +85,8 @@ def setting_of(cfg: dict) -> Setting:
     score, flexi = get("score"), bool(get("flexi"))
     reference = None if score == "hard_learner" else os.path.normpath(get("reference") or ".")
     return Setting(method, part, float(get("filter_ratio")), score, flexi,
-                   float(get("flexi_low_res_fraction")) if flexi else None, reference)
+                   float(get("flexi_low_res_fraction")) if flexi else None, reference, float(get("gain")),
+                   int(get("n_chunks")) if method == "jest" else None)
 
 
 @dataclass
@@ -264,6 +271,49 @@ def _reference_varies(groups: list[Group]) -> bool:
 
 # ---------------------------------------------------------------------------- sections
 
+def default_sampler(fd: Findings) -> tuple[float | None, int | None]:
+    """(gain, n_chunks) of the JEST (learnability, no Flexi) group with the most seeds: the setting the
+    other sections compare at; the sweep section shows the others."""
+    jest = [g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
+            and g.setting.score == "learnability"]
+    if not jest:
+        return None, None
+    best = max(jest, key=lambda g: len(g.runs))  # first of the largest groups
+    return best.setting.gain, best.setting.n_chunks
+
+
+def at_default_sampler(fd: Findings) -> list[Group]:
+    gain, chunks = default_sampler(fd)
+    if gain is None:
+        return list(fd.groups)
+    return [g for g in fd.groups if g.setting.method == "iid"
+            or (g.setting.gain == gain and g.setting.n_chunks in (None, chunks))]
+
+
+def sampler_sweep(fd: Findings) -> str | None:
+    """JEST (learnability, no Flexi) at the default group's filter ratio and reference, by gain and n_chunks."""
+    gain, chunks = default_sampler(fd)
+    if gain is None:
+        return None
+    base = next(g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
+                and g.setting.score == "learnability" and (g.setting.gain, g.setting.n_chunks) == (gain, chunks)
+                and len(g.runs) == max(len(h.runs) for h in fd.groups if h.setting.method == "jest"
+                                       and not h.setting.flexi and h.setting.score == "learnability"))
+    groups = [g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
+              and g.setting.score == "learnability" and g.setting.train_part == base.setting.train_part
+              and g.setting.filter_ratio == base.setting.filter_ratio and g.setting.reference == base.setting.reference]
+    if len(groups) < 2:
+        return None
+    groups.sort(key=lambda g: (g.setting.gain, g.setting.n_chunks))
+    header = ["gain", "n_chunks", "seeds", f"final {fd.metric}", "iteration speedup", "FLOP speedup",
+              "noisy share chosen", "on-target share chosen"]
+    rows = [[f"{g.setting.gain:g}" + (" (default)" if g is base else ""), str(g.setting.n_chunks), seeds_cell(g),
+             stat_cell(g.stats["final_score"], ".4f"), speedup_cell(g, "iter_speedup"), speedup_cell(g, "flop_speedup"),
+             share_cell(g, "sel/noisy_share_chosen"), share_cell(g, "sel/target_share_chosen")] for g in groups]
+    return (f"## Sampler settings: gain and n_chunks (JEST, f = {base.setting.filter_ratio:g})\n\n"
+            "The other sections compare at the default row's gain and n_chunks.\n\n" + table(header, rows))
+
+
 def joint_vs_independent(fd: Findings) -> tuple[str, list[Group]] | None:
     """Fig. 3: JEST and independent selection (learnability, no Flexi) at each filter ratio."""
     groups = [g for g in fd.groups if g.setting.method in ("jest", "independent") and not g.setting.flexi
@@ -384,6 +434,8 @@ def write_findings(run_dirs: list[str | Path], out_dir: str | Path, metric: str 
     from jest_ds.reports.findings_plot import plot_filter_ratio, plot_selection
 
     fd = analyse(run_dirs, metric, direction)
+    sweep = sampler_sweep(fd)
+    fd = replace(fd, groups=at_default_sampler(fd))  # one sampler setting in the other sections
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     parts = [header_text(fd)]
@@ -391,7 +443,7 @@ def write_findings(run_dirs: list[str | Path], out_dir: str | Path, metric: str 
     if fig3 is not None:
         parts.append(fig3[0])
         plot_filter_ratio(fig3[1], fd.baseline, metric, out / "fig3_filter_ratio.png")
-    parts += [s for s in (scoring_variants(fd), flexi(fd), reference_quality_section(fd)) if s is not None]
+    parts += [s for s in (scoring_variants(fd), flexi(fd), reference_quality_section(fd), sweep) if s is not None]
     selecting = selecting_groups(fd)
     if selecting:
         plot_selection(selecting, out / "selection_over_training.png")
