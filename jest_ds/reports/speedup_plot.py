@@ -54,7 +54,12 @@ def plot_curves(curves, target: float, path: str | Path, metric: str) -> None:
         if all(f == f for c in members for f in c.flops):
             _, flops, _, _ = band([(c.steps, c.flops) for c in members])
             _draw(axes[2], flops, mean, lo, hi, n, label, colour)
+    # the y-range of the trained curves: the untrained model's value at step 0 can dwarf them (a loss)
+    trained = [v for c in curves for s, v in zip(c.steps, c.scores) if s > 0] + [target]
+    lo_y, hi_y = min(trained), max(trained)
+    pad = 0.1 * (hi_y - lo_y) or 0.1 * abs(hi_y) or 1.0
     for ax, xlabel in zip(axes, ["iterations", "examples seen (trained on)", "total FLOPs (scoring included)"]):
+        ax.set_ylim(lo_y - pad, hi_y + pad)
         ax.axhline(target, color="grey", ls="--", lw=1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"held-out {metric}")
