@@ -17,6 +17,10 @@ demo() { "$PY" -m jest_ds.cli demo --out "$OUT" --steps "$STEPS" "$@"; }
 demo --methods iid,jest,flexi,curated,pool_curated,independent --seeds "$SEEDS"
 REF=(--reference "$OUT/reference/export" --reference-cache "$OUT/reference_cache")
 S0=(--seeds 1 --seed 0)  # sweeps: seed 0 only (run directories without a seed suffix)
+LEARNER="$OUT/jest_s0"; [[ -d "$LEARNER" ]] || LEARNER="$OUT/jest"  # run names carry _s<seed> with SEEDS > 1
+"$PY" tools/selection_diagnostics.py --learner "$LEARNER/export" --reference "$OUT/reference/export" \
+  --data-root data/embedded --B 640 --b 128 --superbatches 3 --draws 50 --gibbs-sweeps 200 \
+  --png "$OUT/fig2_real_scores.png" --out "$OUT/fig2_real_scores.json"  # Fig. 2 on real scores
 for g in 1 100; do demo --methods jest --gain "$g" --tag "_g$g" "${REF[@]}" "${S0[@]}"; done
 for c in 4 64; do demo --methods jest --set "selection.n_chunks=$c" --tag "_c$c" "${REF[@]}" "${S0[@]}"; done
 for f in 0.5 0.9; do demo --methods jest,independent --filter-ratio "$f" --tag "_f$f" "${REF[@]}" "${S0[@]}"; done
@@ -25,13 +29,13 @@ for s in easy_reference hard_learner; do
 done
 demo --methods flexi --set selection.flexi_low_res_fraction=0.0 --tag _lowres0 "${REF[@]}" "${S0[@]}"
 
-# a second reference: the same model and curated set, selected on held-out R@5 instead of the
-# validation loss (it trains longer), for the reference-quality table
-"$PY" -m jest_ds.cli train --config tiny_reference --set "train.out_dir=$OUT/reference_r5" \
-  --set eval.best_metric=eval/icon_val/headline --set eval.best_mode=max --set eval.patience=6 \
-  --set train.eval_every=100 --set train.steps=1500
-demo --methods jest --tag _ref_r5 --reference "$OUT/reference_r5/export" \
-  --reference-cache "$OUT/reference_r5_cache" "${S0[@]}"
+# a second reference for the reference-quality table (JEST vs JEST++): the same model and curated
+# set, selected on the validation loss instead of R@5 (it stops after ~350 steps)
+"$PY" -m jest_ds.cli train --config tiny_reference --set "train.out_dir=$OUT/reference_valloss" \
+  --set eval.best_metric=eval/icon_val/val_loss_batch --set eval.best_mode=min --set eval.patience=4 \
+  --set train.eval_every=50 --set train.steps=3000
+demo --methods jest --tag _ref_valloss --reference "$OUT/reference_valloss/export" \
+  --reference-cache "$OUT/reference_valloss_cache" "${S0[@]}"
 
 RUNS=()  # every method run (the references are read through the runs' configs)
 for d in "$OUT"/*/; do
