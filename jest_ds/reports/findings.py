@@ -271,34 +271,27 @@ def _reference_varies(groups: list[Group]) -> bool:
 
 # ---------------------------------------------------------------------------- sections
 
-def default_sampler(fd: Findings) -> tuple[float | None, int | None]:
-    """(gain, n_chunks) of the JEST (learnability, no Flexi) group with the most seeds: the setting the
-    other sections compare at; the sweep section shows the others."""
+def default_jest_group(fd: Findings) -> Group | None:
+    """The JEST (learnability, no Flexi) group with the most seeds (the first of the largest): its gain
+    and n_chunks are the setting the other sections compare at; the sweep section shows the others."""
     jest = [g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
             and g.setting.score == "learnability"]
-    if not jest:
-        return None, None
-    best = max(jest, key=lambda g: len(g.runs))  # first of the largest groups
-    return best.setting.gain, best.setting.n_chunks
+    return max(jest, key=lambda g: len(g.runs)) if jest else None
 
 
 def at_default_sampler(fd: Findings) -> list[Group]:
-    gain, chunks = default_sampler(fd)
-    if gain is None:
+    base = default_jest_group(fd)
+    if base is None:
         return list(fd.groups)
     return [g for g in fd.groups if g.setting.method == "iid"
-            or (g.setting.gain == gain and g.setting.n_chunks in (None, chunks))]
+            or (g.setting.gain == base.setting.gain and g.setting.n_chunks in (None, base.setting.n_chunks))]
 
 
 def sampler_sweep(fd: Findings) -> str | None:
     """JEST (learnability, no Flexi) at the default group's filter ratio and reference, by gain and n_chunks."""
-    gain, chunks = default_sampler(fd)
-    if gain is None:
+    base = default_jest_group(fd)
+    if base is None:
         return None
-    base = next(g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
-                and g.setting.score == "learnability" and (g.setting.gain, g.setting.n_chunks) == (gain, chunks)
-                and len(g.runs) == max(len(h.runs) for h in fd.groups if h.setting.method == "jest"
-                                       and not h.setting.flexi and h.setting.score == "learnability"))
     groups = [g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
               and g.setting.score == "learnability" and g.setting.train_part == base.setting.train_part
               and g.setting.filter_ratio == base.setting.filter_ratio and g.setting.reference == base.setting.reference]
