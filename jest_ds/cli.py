@@ -7,11 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from jest_ds.config import ConfigError, load_config
 
+DEBUG_HELP = "on an error, print its traceback before the one-line message (or set JEST_DS_DEBUG=1)"
 CONFIG_HELP = ("experiment YAML: a path or a packaged name (`jest-ds config list`); repeat to merge "
                "several, later ones winning (e.g. --config tiny_jest --config gpu)")
 
@@ -19,6 +22,8 @@ CONFIG_HELP = ("experiment YAML: a path or a packaged name (`jest-ds config list
 def _config_show(args: argparse.Namespace) -> int:
     from jest_ds.config import config_yaml, deepspeed_config
 
+    if args.world_size < 1:
+        raise ConfigError(f"config show: --world-size {args.world_size}: must be >= 1")
     cfg = load_config(args.config, args.set)
     ds = deepspeed_config(cfg, args.world_size)
     print(f"# experiment: {' + '.join(args.config)}{''.join(f' --set {s}' for s in args.set)}")
@@ -46,7 +51,8 @@ def _train(args: argparse.Namespace) -> int:
     configure_logging()
     overrides = list(args.set) + ([f"train.peak_flops={args.peak_flops:.1f}"] if args.peak_flops is not None else [])
     cfg = load_config(args.config, overrides)
-    final = train(cfg, resume=args.resume, export=not args.no_export, show_progress=not args.quiet)
+    final = train(cfg, resume=args.resume, export=not args.no_export, show_progress=not args.quiet,
+                  overwrite=args.overwrite)
     if final and args.print_json:
         print(json.dumps(final))
     return 0
@@ -144,8 +150,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command takes --debug, wherever it is written (`jest-ds train --debug ...`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jest-ds", description=__doc__.splitlines()[0])
+    p = _Parser(prog="jest-ds", description=__doc__.splitlines()[0])
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -168,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", required=True, action="append", help=CONFIG_HELP)
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
     tr.add_argument("--resume", default="", help="'latest' or a checkpoint directory")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="start afresh in a train.out_dir that holds another run: delete its checkpoints, metrics, "
+                         "export and records first (without it such a start is refused; docs/cluster.md)")
     tr.add_argument("--no-export", action="store_true", help="skip the final export (weights, config, tokenizer, preprocessing, SHA256SUMS)")
     tr.add_argument("--quiet", action="store_true")
     tr.add_argument("--print-json", action="store_true", help="print the final eval metrics as JSON")
@@ -253,14 +270,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report(exc: BaseException, debug: bool) -> None:
+    """One line on stderr (the message's lines joined); with --debug the traceback first."""
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    print(f"jest-ds: error: {' '.join(str(msg).split())}", file=sys.stderr)
+    logging.getLogger("jest_ds").debug("traceback", exc_info=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 bad input (config, files, arguments); 1 a run that had to stop
+    (full disk, read-only directory, non-finite losses). Anything else is a bug: its traceback is kept."""
+    from jest_ds.train.failures import RunAborted
+
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("JEST_DS_DEBUG") == "1"
     try:
         return args.func(args)
+    except RunAborted as exc:
+        _report(exc, debug)
+        return 1
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"jest-ds: error: {msg}", file=sys.stderr)
-        logging.getLogger("jest_ds").debug("traceback", exc_info=True)
+        _report(exc, debug)
         return 2
 
 

@@ -25,6 +25,10 @@ class ConfigError(ValueError):
     """A bad configuration value; its message is one line naming the field."""
 
 
+MIN_VOCAB = 5  # [PAD] [UNK] [CLS] [SEP] [MASK] (jest_ds.data.tokenizer.SPECIAL_TOKENS)
+MAX_FILTER_RATIO = 0.99  # B <= 100 b: a larger super-batch is a typo (0.999999: 128 million candidates)
+
+
 @dataclass
 class ModelConfig:
     image_size: int = 32
@@ -179,6 +183,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config error: {where} = {value!r}: must be a number")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"config error: {where} = {value!r}: must be a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -211,6 +217,13 @@ def _check(cfg: ExperimentConfig) -> None:
                  "vision_heads", "text_width", "text_depth", "text_heads", "context_length", "embed_dim"):
         if getattr(m, name) <= 0:
             bad(f"model.{name}", getattr(m, name), "must be positive")
+    if m.context_length < 2:
+        bad("model.context_length", m.context_length, "must be >= 2 (a caption is wrapped in [CLS] ... [SEP])")
+    if m.mlp_ratio <= 0:
+        bad("model.mlp_ratio", m.mlp_ratio, "must be positive")
+    if m.vocab_size != 0 and m.vocab_size < MIN_VOCAB:
+        bad("model.vocab_size", m.vocab_size, f"must be 0 (the tokenizer's vocabulary size) or >= {MIN_VOCAB} "
+            "(the special tokens)")
     for name in ("patch_size", "coarse_patch_size"):
         if m.image_size % getattr(m, name):
             bad(f"model.{name}", getattr(m, name), f"must divide model.image_size ({m.image_size})")
@@ -220,6 +233,10 @@ def _check(cfg: ExperimentConfig) -> None:
         bad("model.text_heads", m.text_heads, f"must divide model.text_width ({m.text_width})")
     if not 0.0 <= s.filter_ratio < 1.0:
         bad("selection.filter_ratio", s.filter_ratio, "must be in [0, 1)")
+    if s.filter_ratio > MAX_FILTER_RATIO:
+        bad("selection.filter_ratio", s.filter_ratio,
+            f"must be <= {MAX_FILTER_RATIO} (a super-batch of at most {round(1 / (1 - MAX_FILTER_RATIO))} x "
+            f"train.batch_size; this one would score {round(t.batch_size / (1 - s.filter_ratio))} candidates per step)")
     if s.method != "iid" and s.filter_ratio == 0.0:
         bad("selection.filter_ratio", s.filter_ratio, f"must be > 0 for method {s.method!r}")
     if s.n_chunks <= 0:
@@ -237,6 +254,12 @@ def _check(cfg: ExperimentConfig) -> None:
         bad("selection.reference", s.reference, f"method {s.method!r} with score {s.score!r} needs a reference checkpoint")
     if o.lr <= 0:
         bad("optim.lr", o.lr, "must be positive")
+    if o.eps <= 0:
+        bad("optim.eps", o.eps, "must be positive")
+    if o.weight_decay < 0:
+        bad("optim.weight_decay", o.weight_decay, "must be >= 0")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        bad("optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1] (the final learning rate / optim.lr)")
     for name in ("beta1", "beta2"):
         if not 0.0 <= getattr(o, name) < 1.0:
             bad(f"optim.{name}", getattr(o, name), "must be in [0, 1)")
@@ -258,6 +281,10 @@ def _check(cfg: ExperimentConfig) -> None:
     if not d.root and not d.tokenizer:
         bad("data.tokenizer", d.tokenizer, "must be set when data.root is empty")
     e = cfg.eval
+    if e.few_shot < 0:
+        bad("eval.few_shot", e.few_shot, "must be >= 0 (0: no linear probe)")
+    if e.batch_size <= 0:
+        bad("eval.batch_size", e.batch_size, "must be positive")
     if e.patience < 0:
         bad("eval.patience", e.patience, "must be >= 0 (0: no early stop)")
     if e.patience and not e.best_metric:
@@ -275,6 +302,18 @@ def _check(cfg: ExperimentConfig) -> None:
             "must be 1: the global sigmoid loss and the joint selection span the whole step's batch")
     if t.zero_stage not in (0, 1, 2, 3):
         bad("train.zero_stage", t.zero_stage, "must be 0, 1, 2 or 3")
+    if not 0 <= t.seed < 2**32:
+        bad("train.seed", t.seed, "must be in [0, 2**32)")
+    if not t.out_dir.strip():
+        bad("train.out_dir", t.out_dir, "must name the run directory")
+    if t.log_every < 1:
+        bad("train.log_every", t.log_every, "must be >= 1")
+    if t.eval_every < 0:
+        bad("train.eval_every", t.eval_every, "must be >= 0 (0: only at the end)")
+    if t.checkpoint_every < 0:
+        bad("train.checkpoint_every", t.checkpoint_every, "must be >= 0 (0: only at the end)")
+    if t.collective_timeout_s <= 0:
+        bad("train.collective_timeout_s", t.collective_timeout_s, "must be positive")
     if t.keep_last < 1:
         bad("train.keep_last", t.keep_last, "must be >= 1")
     if t.max_nonfinite_in_row < 1:
@@ -299,7 +338,11 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"config error: override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.load(raw, Loader=_UniqueKeyLoader)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config error: override {item!r}: {path.strip()} = {raw!r} is not valid YAML: "
+                              f"{_yaml_problem(exc)}") from None
     return values
 
 
@@ -339,11 +382,39 @@ def merge_config_values(base: dict[str, Any], delta: dict[str, Any]) -> dict[str
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1}, again on line "
+                f"{key_node.start_mark.line + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: the parser's problem and where (PyYAML's own message spans several lines)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem:
+        return f"{problem}" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+    return " ".join(str(exc).split())
+
+
 def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config error: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config error: {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config error: {path} must hold a mapping at the top level")
     return values
@@ -431,6 +502,24 @@ def ds_config_path(ref: str) -> Path:
                       f"(packaged: {known})")
 
 
+def read_ds_config(ref: str) -> dict[str, Any]:
+    """The JSON object of `train.ds_config`, with one-line errors naming the field and the file."""
+    path = ds_config_path(ref)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config error: train.ds_config = {ref!r}: {path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config error: train.ds_config = {ref!r}: {path} is not a text (JSON) file") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"config error: train.ds_config = {ref!r}: {path} must hold a JSON object, "
+                          f"not a {type(ds).__name__}")
+    for key in ("zero_optimization", "fp16", "bf16"):
+        if key in ds and not isinstance(ds[key], dict):
+            raise ConfigError(f"config error: train.ds_config = {ref!r}: {path}: {key!r} must be a JSON object")
+    return ds
+
+
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # torch dtype names
 
 
@@ -445,7 +534,9 @@ def resolved_precision(cfg: ExperimentConfig) -> str:
 
 def deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON for this run: the base file plus keys derived from `cfg`."""
-    ds = json.loads(ds_config_path(cfg.train.ds_config).read_text())
+    if world_size < 1:
+        raise ConfigError(f"config error: world size {world_size}: must be >= 1")
+    ds = read_ds_config(cfg.train.ds_config)
     b = cfg.train.batch_size
     if b % world_size:
         raise ConfigError(f"config error: train.batch_size = {b}: must be divisible by the world size ({world_size})")
