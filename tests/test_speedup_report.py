@@ -25,7 +25,7 @@ def _run(tmp_path, name, method, scores, flops_per_step, f=None):
 def test_report_ratios_against_iid(tmp_path):
     iid = _run(tmp_path, "iid", "iid", [(0, 0.0), (100, 0.2), (200, 0.4)], 3.0)
     jest = _run(tmp_path, "jest", "jest", [(0, 0.0), (50, 0.4), (200, 0.6)], 6.0, f=0.8)
-    text = write_report([iid, jest], tmp_path / "report")
+    text = write_report([iid, jest], tmp_path / "report", metric="eval/score")
     rows = json.loads((tmp_path / "report" / "speedup.json").read_text())
     by = {r["run"]: r for r in rows}
     assert by["iid"]["iter_speedup"] == pytest.approx(1.0)
@@ -36,13 +36,13 @@ def test_report_ratios_against_iid(tmp_path):
     assert (tmp_path / "report" / "speedup.png").stat().st_size > 1000
     assert "4.00×" in text
     with pytest.raises(ValueError, match="no IID baseline"):
-        write_report([jest], tmp_path / "r2")
+        write_report([jest], tmp_path / "r2", metric="eval/score")
 
 
 def test_target_met_at_the_start_is_not_reported_as_not_reached(tmp_path):
     iid = _run(tmp_path, "iid", "iid", [(0, 0.3), (10, 0.2)], 3.0)
     jest = _run(tmp_path, "jest", "jest", [(0, 0.3), (10, 0.4)], 6.0, f=0.8)
-    text = write_report([iid, jest], tmp_path / "report")
+    text = write_report([iid, jest], tmp_path / "report", metric="eval/score")
     assert "n/a (at start)" in text and "not reached" not in text
 
 
@@ -97,7 +97,7 @@ def test_several_seeds_paired_by_seed_with_t_intervals(tmp_path):
              _seed_run(tmp_path, "jest_s7", "jest", 7, [(0, 0.0), (200, 0.9)], 6.0, f=0.8),
              _seed_run(tmp_path, "indep_s0", "independent", 0, [(0, 0.0), (100, 0.4)], 6.0, f=0.8),
              _seed_run(tmp_path, "indep_s1", "independent", 1, [(0, 0.0), (100, 0.1)], 6.0, f=0.8)]
-    text = write_report(runs, tmp_path / "report")
+    text = write_report(runs, tmp_path / "report", metric="eval/score")
     groups = {g["group"]: g for g in json.loads((tmp_path / "report" / "speedup_groups.json").read_text())}
     jest = groups["jest"]
     assert jest["seeds"] == [0, 1, 2, 7] and jest["unpaired"] == ["jest_s7"]

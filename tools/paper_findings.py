@@ -18,16 +18,17 @@ Sections (each only when its runs are present):
   5. selection over training: chosen vs offered shares per step (selection_over_training.png).
 
     python tools/paper_findings.py runs/demo/{iid,jest,flexi}{,_s1,_s2} --out runs/demo/findings
-    python tools/paper_findings.py runs/sweep/* --metric eval/icon_retrieval/headline --out runs/sweep/findings
+    python tools/paper_findings.py runs/sweep/* --metric eval/icon_retrieval/val_loss_batch --out runs/sweep/f_loss
 
---metric: any evaluated metric (default eval/icon_retrieval/val_loss_batch); lower is better for a
-metric whose last component contains "loss" (e.g. val_loss_batch), higher otherwise (e.g.
-eval/icon_retrieval/headline = held-out R@5); --direction overrides. Reference paths in the
+--metric: any evaluated metric (default: the benchmark's headline, held-out target R@5,
+jest_ds.benchmark.HEADLINE); lower is better for a metric whose last component contains "loss"
+(e.g. the diagnostic val_loss_batch), higher otherwise; --direction overrides. Reference paths in the
 configs are read relative to the current directory.
 """
 import argparse
 import sys
 
+from jest_ds.benchmark import HEADLINE
 from jest_ds.reports.findings import write_findings
 
 
@@ -35,8 +36,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.yaml)")
     p.add_argument("--out", required=True, help="directory for findings.md and its PNG figures")
-    p.add_argument("--metric", default="eval/icon_retrieval/val_loss_batch",
-                   help="held-out metric (default: eval/icon_retrieval/val_loss_batch)")
+    p.add_argument("--metric", default=HEADLINE, help=f"held-out metric (default: {HEADLINE}, the benchmark's headline)")
     p.add_argument("--direction", choices=["auto", "higher", "lower"], default="auto",
                    help="which way is better (auto: lower for a metric named *loss*, else higher)")
     args = p.parse_args(argv)

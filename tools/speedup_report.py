@@ -5,11 +5,15 @@ Figure 3). Several seeds per method: name the runs <method>_s<seed> (or group by
 each run is paired with the IID run of its seed, and groups get mean and 95% t-intervals.
 
     python tools/speedup_report.py runs/demo/iid runs/demo/jest runs/demo/flexi --out runs/demo/report
-    python tools/speedup_report.py runs/demo/{iid,jest}_s{0,1,2} --metric eval/icon_retrieval/val_loss --out r
+    python tools/speedup_report.py runs/demo/{iid,jest}_s{0,1,2} --metric eval/icon_retrieval/val_loss_batch --out r
+
+The benchmark's headline report (R@5 against IID and the reference, off-target sets, the
+reference's cost) is tools/benchmark_report.py; this tool compares runs on any one metric.
 """
 import argparse
 import sys
 
+from jest_ds.benchmark import HEADLINE
 from jest_ds.reports.speedup import write_report
 
 
@@ -17,7 +21,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.yaml)")
     p.add_argument("--out", required=True, help="directory for speedup.md / speedup.png / speedup.json")
-    p.add_argument("--metric", default="eval/score", help="held-out metric to compare (default: eval/score)")
+    p.add_argument("--metric", default=HEADLINE, help=f"held-out metric to compare (default: {HEADLINE}, held-out R@5)")
     p.add_argument("--baseline", default=None, help="name of the baseline run or group (default: the IID runs)")
     p.add_argument("--direction", choices=["auto", "higher", "lower"], default="auto",
                    help="which way is better (auto: lower for a metric named *loss*, else higher)")

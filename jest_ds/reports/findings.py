@@ -34,6 +34,7 @@ from jest_ds.models.export import CHECKSUMS
 from jest_ds.reports.seed_stats import mean_interval
 from jest_ds.reports.speedup import Curve, group_rows, load_curve, lower_is_better, paired_baselines, run_row
 from jest_ds.selection import METHODS
+from jest_ds.benchmark import HEADLINE
 from jest_ds.train.metrics import read_metrics
 
 SHARE_KEYS = ("sel/noisy_share_chosen", "sel/noisy_share_all", "sel/target_share_chosen", "sel/target_share_all")
@@ -421,7 +422,7 @@ def header_text(fd: Findings) -> str:
             "reached their target. Runs are grouped by their config (seeds are repeats).")
 
 
-def write_findings(run_dirs: list[str | Path], out_dir: str | Path, metric: str = "eval/icon_retrieval/val_loss_batch",
+def write_findings(run_dirs: list[str | Path], out_dir: str | Path, metric: str = HEADLINE,
                    direction: str = "auto") -> str:
     """findings.md and its figures in `out_dir`; returns the markdown."""
     from jest_ds.reports.findings_plot import plot_filter_ratio, plot_selection

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from jest_ds.benchmark import HEADLINE
 from jest_ds.reports.seed_stats import mean_interval
 from jest_ds.train.metrics import read_metrics
 
@@ -62,7 +63,7 @@ def method_label(cfg: dict) -> str:
     return method
 
 
-def load_curve(run_dir: str | Path, metric: str = "eval/score", group_by: str = "name") -> Curve:
+def load_curve(run_dir: str | Path, metric: str = HEADLINE, group_by: str = "name") -> Curve:
     import yaml
 
     run = Path(run_dir)
@@ -201,7 +202,7 @@ def _fmt(v, spec: str, suffix: str = "", reached_at_start: bool = False) -> str:
     return format(v, spec) + suffix
 
 
-def markdown(rows: list[dict], base: Curve, metric: str = "eval/score", lower: bool = False) -> str:
+def markdown(rows: list[dict], base: Curve, metric: str = HEADLINE, lower: bool = False) -> str:
     """The per-run table against one baseline run (one seed)."""
     reach = "≤" if lower else "≥"
     lines = [f"Target: the IID run `{base.name}`'s final {metric} = {base.final:.4f} (at step {base.steps[-1]}); "
@@ -255,7 +256,7 @@ def markdown_groups(groups: list[dict], runs: list[dict], metric: str, lower: bo
 
 # ---------------------------------------------------------------------------- the report
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path, metric: str = "eval/score",
+def write_report(run_dirs: list[str | Path], out_dir: str | Path, metric: str = HEADLINE,
                  baseline: str | None = None, direction: str = "auto", group_by: str = "name") -> str:
     """speedup.md, speedup.png (curves; bands over seeds), speedup.json (per run) and, with several
     seeds, speedup_groups.json; selection.png when the runs logged the planted-noise share."""
