@@ -153,7 +153,7 @@ def load_eval_set(directory: str | Path, image_size: int, skipped: SkipCounter |
     skipped = skipped if skipped is not None else SkipCounter()
     before = dict(skipped.counts)
     arrs, caps, labels, keys = [], [], [], []
-    for s in iter_raw_samples(resolve_urls(d), skipped):
+    for s in iter_raw_samples(resolve_urls(d), skipped, need_caption=task == "retrieval"):  # zero-shot: a label
         try:
             arr = decode_image(s["png"], image_size)
         except Exception as e:

@@ -7,13 +7,18 @@ neither a header nor the RAM grows with the pool, and every file is memory-mappe
 
 A cache directory::
 
-    reference_cache.json     {"format", "version", "reference_hash", "dim", "log_scale", "bias",
-                              "dtype", "shards", "rows", "valid", "skipped"}   (written last)
+    reference_cache.json     {"format", "version", "reference_hash", "tokenizer", "dim", "log_scale",
+                              "bias", "dtype", "shards", "rows", "valid", "skipped"}   (written last)
     <shard>.img.npy          float16 [rows, dim]  image embeddings (unit norm up to fp16 rounding)
     <shard>.txt.npy          float16 [rows, dim]  text embeddings
     <shard>.keys.npy         unicode [rows]       the sample key of each row ("" if the reader skipped it)
-    <shard>.json             {"version", "shard", "shard_bytes", "reference_hash", "precision", "rows",
-                              "valid", "dim", "invalid": [[row, key, reason], ...], "skipped"}
+    <shard>.json             {"version", "shard", "shard_bytes", "reference_hash", "tokenizer", "precision",
+                              "rows", "valid", "dim", "invalid": [[row, key, reason], ...], "skipped"}
+
+``tokenizer`` is the fingerprint (`CaptionTokenizer.fingerprint`) of the tokenizer the captions
+were encoded with, which must be the reference's own (its export's tokenizer.json): `build_cache`
+refuses another, and reading refuses a cache that records another (a cache written before the
+field existed is read with a warning).
 
 ``<shard>`` is the tar's file name without ``.tar``. A shard's ``.json`` is renamed into place
 after its arrays, so it marks the shard complete: a re-run skips complete shards made by the
@@ -21,12 +26,13 @@ same reference (resumable). Under a launcher, rank ``r`` of ``w`` embeds shards 
 the rank that completes the set writes ``reference_cache.json`` (no collective is needed).
 
 Reading refuses, each with one line naming the shard and key: a cache made by another reference
-(``StaleCacheError``), a shard with no cache files, a shard changed since it was cached, a row
+or with another tokenizer (``StaleCacheError``), a shard with no cache files, a shard changed since it was cached, a row
 whose key is not the batch's key, and a row whose sample was skipped while caching.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -44,6 +50,7 @@ FORMAT = "jest-ds-reference-cache"
 VERSION = 2
 HEADER = "reference_cache.json"
 DTYPE = np.float16
+log = logging.getLogger("jest_ds.data")
 
 
 class StaleCacheError(ValueError):
@@ -96,7 +103,8 @@ class ReferenceCache:
 
     MAX_OPEN_SHARDS = 256  # memory maps kept open (least recently used are closed)
 
-    def __init__(self, directory: str | Path, expected_hash: str | None = None):
+    def __init__(self, directory: str | Path, expected_hash: str | None = None,
+                 expected_tokenizer: str | None = None):
         self.dir = Path(directory)
         if self.dir.is_file():
             raise FileNotFoundError(f"reference cache {self.dir} is a file, not a cache directory: "
@@ -116,6 +124,16 @@ class ReferenceCache:
             raise StaleCacheError(f"reference cache {self.dir} was made by reference {self.reference_hash[:12]}, "
                                   f"not by the configured reference {expected_hash[:12]}: rebuild it with "
                                   "`jest-ds cache-ref`")
+        self.tokenizer = header.get("tokenizer")
+        if expected_tokenizer is not None:
+            if self.tokenizer is None:
+                log.warning("reference cache %s records no tokenizer (made before jest-ds recorded it): it cannot "
+                            "be checked against the reference's own; rebuild it with `jest-ds cache-ref` to be sure",
+                            self.dir)
+            elif self.tokenizer != expected_tokenizer:
+                raise StaleCacheError(f"reference cache {self.dir} was made with tokenizer {self.tokenizer[:12]}, not "
+                                      f"with the reference's own ({expected_tokenizer[:12]}, its export's "
+                                      "tokenizer.json): rebuild it with `jest-ds cache-ref` (without --tokenizer)")
         self.header = header
         self.dim = int(header["dim"])
         self.log_scale = torch.tensor([header["log_scale"]], dtype=torch.float32)
@@ -146,6 +164,10 @@ class ReferenceCache:
             raise StaleCacheError(f"reference cache {self.dir}: shard {name} was cached by reference "
                                   f"{str(meta.get('reference_hash'))[:12]}, the directory by "
                                   f"{self.reference_hash[:12]}: re-run `jest-ds cache-ref`")
+        if self.tokenizer is not None and meta.get("tokenizer") != self.tokenizer:
+            raise StaleCacheError(f"reference cache {self.dir}: shard {name} was cached with tokenizer "
+                                  f"{str(meta.get('tokenizer'))[:12]}, the directory with {self.tokenizer[:12]}: "
+                                  "re-run `jest-ds cache-ref`")
         if os.path.isfile(url) and os.path.getsize(url) != meta["shard_bytes"]:
             raise StaleCacheError(f"reference cache {self.dir}: shard {url} has {os.path.getsize(url)} bytes, "
                                   f"{meta['shard_bytes']} when it was cached: re-run `jest-ds cache-ref`")
@@ -243,7 +265,7 @@ class _ShardSamples(IterableDataset):
         yield chunk(done=True)
 
 
-def _shard_complete(out_dir: Path, url: str, reference_hash: str) -> bool:
+def _shard_complete(out_dir: Path, url: str, reference_hash: str, tokenizer: str) -> bool:
     name = shard_name(url)
     meta_path = out_dir / f"{name}.json"
     if not meta_path.is_file():
@@ -253,7 +275,7 @@ def _shard_complete(out_dir: Path, url: str, reference_hash: str) -> bool:
     except ValueError:
         return False
     return (meta.get("version") == VERSION and meta.get("reference_hash") == reference_hash
-            and meta.get("shard_bytes") == os.path.getsize(url)
+            and meta.get("tokenizer") == tokenizer and meta.get("shard_bytes") == os.path.getsize(url)
             and all((out_dir / f"{name}.{p}.npy").is_file() for p in ("img", "txt", "keys")))
 
 
@@ -275,7 +297,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _write_shard(out_dir: Path, url: str, dim: int, parts: list[tuple[list[int], list[str], np.ndarray, np.ndarray]],
-                 invalid: list[list], skipped: dict, reference_hash: str, precision: str) -> dict:
+                 invalid: list[list], skipped: dict, reference_hash: str, tokenizer: str, precision: str) -> dict:
     """Arrays first, the shard's json last (its presence marks the shard complete)."""
     seen_rows = [r for rows, _, _, _ in parts for r in rows] + [row for row, _, _ in invalid]
     n_rows = max(seen_rows) + 1 if seen_rows else 0
@@ -299,16 +321,16 @@ def _write_shard(out_dir: Path, url: str, dim: int, parts: list[tuple[list[int],
     _atomic_write(out_dir / f"{name}.txt.npy", lambda fh: np.save(fh, txt))
     _atomic_write(out_dir / f"{name}.keys.npy", lambda fh: np.save(fh, key_array))
     meta = {"version": VERSION, "shard": Path(url).name, "shard_bytes": os.path.getsize(url),
-            "reference_hash": reference_hash, "precision": precision, "rows": n_rows, "valid": int(valid.sum()),
+            "reference_hash": reference_hash, "tokenizer": tokenizer, "precision": precision, "rows": n_rows, "valid": int(valid.sum()),
             "dim": dim, "invalid": invalid_rows, "skipped": skipped}
     _atomic_write(out_dir / f"{name}.json", lambda fh: fh.write(json.dumps(meta).encode()))
     return meta
 
 
-def _write_header_if_complete(out_dir: Path, urls: list[str], reference_hash: str, dim: int,
+def _write_header_if_complete(out_dir: Path, urls: list[str], reference_hash: str, tokenizer: str, dim: int,
                               log_scale: float, bias: float) -> bool:
     """The directory header, once every shard of the set is complete for this reference."""
-    if not all(_shard_complete(out_dir, u, reference_hash) for u in urls):
+    if not all(_shard_complete(out_dir, u, reference_hash, tokenizer) for u in urls):
         return False
     totals = {"rows": 0, "valid": 0}
     skipped: dict[str, int] = {}
@@ -318,7 +340,8 @@ def _write_header_if_complete(out_dir: Path, urls: list[str], reference_hash: st
         totals["valid"] += meta["valid"]
         for reason, n in meta["skipped"].items():
             skipped[reason] = skipped.get(reason, 0) + n
-    header = {"format": FORMAT, "version": VERSION, "reference_hash": reference_hash, "dim": dim,
+    header = {"format": FORMAT, "version": VERSION, "reference_hash": reference_hash, "tokenizer": tokenizer,
+              "dim": dim,
               "log_scale": log_scale, "bias": bias, "dtype": "float16", "shards": len(urls), **totals,
               "skipped": dict(sorted(skipped.items()))}
     _atomic_write(out_dir / HEADER, lambda fh: fh.write((json.dumps(header, indent=1) + "\n").encode()))
@@ -337,14 +360,22 @@ def build_cache(reference_dir: str | Path, shards, out_dir: str | Path, tokenize
                 precision: str = "fp32", device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
                 workers: int = 0, progress: bool = True) -> dict:
     """Embed this rank's shards (``i % world_size == rank``) with the exported reference at
-    ``reference_dir``; shards already complete for the same reference are skipped."""
-    from jest_ds.models.export import load_exported
+    ``reference_dir``; shards already complete for the same reference are skipped. ``tokenizer``
+    must be the reference's own (its export's tokenizer.json, or a file that tokenises alike)."""
+    from jest_ds.data.tokenizer import CaptionTokenizer
+    from jest_ds.models.export import TOKENIZER, load_exported, verified_file
 
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"cache-ref: precision {precision!r}: must be auto, fp32 or bf16")
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     model, cfg, digest = load_exported(reference_dir, device)
+    own = CaptionTokenizer.from_file(verified_file(reference_dir, TOKENIZER))
+    tok_id = own.fingerprint()
+    if tokenizer.fingerprint() != tok_id:
+        raise ValueError(f"cache-ref: the tokenizer given (vocabulary {tokenizer.vocab_size}) is not the reference's "
+                         f"own ({Path(reference_dir) / TOKENIZER}, vocabulary {own.vocab_size}): the reference must "
+                         "read captions as it was trained to; leave out --tokenizer")
     log_scale, bias = float(model.log_scale.detach().float()[0]), float(model.bias.detach().float()[0])
     if precision == "bf16":
         model.to(torch.bfloat16)
@@ -354,7 +385,7 @@ def build_cache(reference_dir: str | Path, shards, out_dir: str | Path, tokenize
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mine = [u for i, u in enumerate(urls) if i % world_size == rank]
-    todo = [u for u in mine if not _shard_complete(out, u, digest)]
+    todo = [u for u in mine if not _shard_complete(out, u, digest, tok_id)]
     _remove_partial_files(out, todo)
 
     written, rows, valid, skipped = [], 0, 0, SkipCounter(quiet=True)
@@ -374,7 +405,7 @@ def build_cache(reference_dir: str | Path, shards, out_dir: str | Path, tokenize
             if chunk["done"]:
                 url = todo[chunk["index"]]
                 meta = _write_shard(out, url, dim, state["parts"], state["invalid"], chunk["skipped"], digest,
-                                    precision)
+                                    tok_id, precision)
                 del pending[chunk["index"]]
                 written.append(Path(url).name)
                 rows += meta["rows"]
@@ -383,7 +414,7 @@ def build_cache(reference_dir: str | Path, shards, out_dir: str | Path, tokenize
                     skipped.add(reason, n=n)
                 bar.update(1)
         bar.close()
-    header_written = _write_header_if_complete(out, urls, digest, dim, log_scale, bias)
+    header_written = _write_header_if_complete(out, urls, digest, tok_id, dim, log_scale, bias)
     return {"out": str(out), "reference_hash": digest, "precision": precision, "rank": rank,
             "world_size": world_size, "shards": len(urls), "written": written,
             "already_complete": len(mine) - len(todo), "rows": rows, "valid": valid,

@@ -184,12 +184,14 @@ def tar_tail_ok(path: str) -> bool:
         return False
 
 
-def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = True) -> Iterator[dict]:
+def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = True,
+                     need_caption: bool = True) -> Iterator[dict]:
     """Undecoded, structurally valid samples: dict(key, png, caption, meta, url, row).
 
     Skips go to ``skipped`` (a ``SkipCounter`` or anything with its ``add(reason, detail)``);
     ``check_png=False`` leaves the image check to the caller (the training loader verifies only
-    the samples a worker decodes itself).
+    the samples a worker decodes itself); ``need_caption=False`` gives a sample without ``txt``
+    the caption "" (zero-shot evaluation sets need only a label).
 
     ``row`` is the sample's ordinal in its tar: the index of its key group in tar order, counting
     every group webdataset yields (also those skipped here), so row i of a per-shard file made
@@ -218,14 +220,16 @@ def iter_raw_samples(urls: list[str], skipped: SkipCounter, check_png: bool = Tr
         if img is None:
             skipped.add("missing_image", where)
             continue
-        if "txt" not in s:
+        if "txt" not in s and need_caption:
             skipped.add("missing_caption", where)
             continue
         try:
-            caption = s["txt"].decode("utf-8").strip()
+            caption = s["txt"].decode("utf-8").strip() if "txt" in s else ""
         except UnicodeDecodeError:
-            skipped.add("bad_caption", where)
-            continue
+            if need_caption:
+                skipped.add("bad_caption", where)
+                continue
+            caption = ""
         meta: dict[str, Any] = {}
         if "json" in s:
             try:

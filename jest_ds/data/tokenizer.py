@@ -56,6 +56,12 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str | Path |
             counts[w] += 1
     chars = sorted({ch for w in counts for ch in w})
     vocab_list = list(SPECIAL_TOKENS) + chars + ["##" + ch for ch in chars]
+    if not chars:
+        raise ValueError("no words in the captions to build a tokenizer from")
+    if vocab_size < len(vocab_list):
+        raise ValueError(f"--vocab-size {vocab_size}: must be at least {len(vocab_list)} for these captions "
+                         f"({len(SPECIAL_TOKENS)} special tokens + 2 x {len(chars)} characters, so that no word is "
+                         "[UNK])")
     have = set(vocab_list)
     for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         if len(vocab_list) >= vocab_size or n < min_frequency:
@@ -106,6 +112,10 @@ class CaptionTokenizer:
     def __init__(self, tokenizer):
         self._tok = tokenizer
         self.pad_id = 0
+        missing = [t for t in SPECIAL_TOKENS[:4] if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"not a caption tokenizer: no {', '.join(missing)} token (make one with "
+                             "`jest-ds data tokenizer`)")
         pad = tokenizer.token_to_id("[PAD]")
         if pad != 0:
             raise ValueError(f"tokenizer's [PAD] id is {pad}, expected 0")
@@ -120,7 +130,24 @@ class CaptionTokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        return cls(Tokenizer.from_file(str(path)))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the Rust library raises a bare Exception for any file it cannot parse
+            raise ValueError(f"{path} is not a tokenizer.json ({' '.join(str(exc).split())[:120]})") from None
+        try:
+            return cls(tok)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    def fingerprint(self) -> str:
+        """sha256 of the tokenizer's canonical serialisation (without the truncation and padding
+        settings `encode_batch` changes): equal for two files that tokenise alike whatever their
+        formatting, different for another vocabulary, normaliser or post-processor."""
+        import hashlib
+        import json
+
+        spec = {k: v for k, v in json.loads(self._tok.to_str()).items() if k not in ("truncation", "padding")}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     @property
     def vocab_size(self) -> int:

@@ -1,7 +1,9 @@
 """SigLIP dual encoder: unit-norm image and text embeddings, learnable log-scale and bias.
 
 `save_pretrained(dir)` / `from_pretrained(dir or Hub id)` / `push_to_hub` come from
-huggingface_hub's `PyTorchModelHubMixin`: ``model.safetensors`` + ``config.json`` (``{"cfg": ModelConfig}``).
+huggingface_hub's `PyTorchModelHubMixin`: ``model.safetensors`` + ``config.json`` (``{"cfg": ModelConfig}``),
+plus ``SHA256SUMS`` listing both: `from_pretrained` checks them against it, as every loader of
+an export does (a directory or Hub repository without it is refused).
 """
 from __future__ import annotations
 
@@ -83,13 +85,35 @@ class DualEncoder(nn.Module, PyTorchModelHubMixin, library_name="jest-ds", tags=
                          local_files_only: bool, token, cfg: dict | None = None,
                          map_location: str = "cpu") -> "DualEncoder":
         """huggingface_hub's loading hook: the config from config.json, the weights (all of them) from model.safetensors."""
+        from jest_ds.models.export import CHECKSUMS, verify_files
+
         if cfg is None:
             raise FileNotFoundError(f"{model_id}: no {constants.CONFIG_NAME} holding the model config ('cfg')")
+        names = (constants.SAFETENSORS_SINGLE_FILE, constants.CONFIG_NAME)
+        if Path(model_id).is_dir():
+            verify_files(model_id, names)
+            weights = Path(model_id) / constants.SAFETENSORS_SINGLE_FILE
+        else:
+            files = {n: hf_hub_download(model_id, n, revision=revision, cache_dir=cache_dir,
+                                        force_download=force_download, local_files_only=local_files_only,
+                                        token=token) for n in (*names, CHECKSUMS)}
+            verify_files(model_id, {n: files[n] for n in names}, checksums=files[CHECKSUMS])
+            weights = files[constants.SAFETENSORS_SINGLE_FILE]
         model = cls(config_from_dict({"model": cfg}).model)
-        weights = Path(model_id) / constants.SAFETENSORS_SINGLE_FILE
-        if not Path(model_id).is_dir():
-            weights = hf_hub_download(model_id, constants.SAFETENSORS_SINGLE_FILE, revision=revision,
-                                      cache_dir=cache_dir, force_download=force_download,
-                                      local_files_only=local_files_only, token=token)
         model.load_state_dict(load_file(str(weights), device=str(map_location)))
         return model.eval()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """huggingface_hub's save_pretrained, then SHA256SUMS for the weights and config.json
+        (written before any push, so a pushed repository carries it)."""
+        from jest_ds.models.export import write_checksums
+
+        push = kwargs.pop("push_to_hub", False)
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        write_checksums(save_directory, (constants.SAFETENSORS_SINGLE_FILE, constants.CONFIG_NAME))
+        if push:  # as the mixin does: push_to_hub saves (with SHA256SUMS, above) into a temporary folder
+            rest = {k: v for k, v in kwargs.items() if k not in ("repo_id", "config", "model_card_kwargs")}
+            return self.push_to_hub(repo_id=kwargs.get("repo_id") or Path(save_directory).name,
+                                    config=kwargs.get("config"), model_card_kwargs=kwargs.get("model_card_kwargs"),
+                                    **rest)
+        return out

@@ -203,7 +203,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, config: str |
 
 
 # --------------------------------------------------------------------------- reading
-def _read_checksums(d: Path) -> dict[str, str]:
+def _read_checksums(d: Path, required=ARTEFACT_FILES) -> dict[str, str]:
     sums = d / CHECKSUMS
     if not sums.is_file():
         if not d.is_dir():
@@ -216,7 +216,7 @@ def _read_checksums(d: Path) -> dict[str, str]:
         if len(digest) != 64 or not name or Path(name).name != name:
             raise ValueError(f"exported model {d}: malformed line in {CHECKSUMS}: {line!r}")
         listed[name] = digest
-    missing = [n for n in ARTEFACT_FILES if n not in listed]
+    missing = [n for n in required if n not in listed]
     if missing:
         raise ValueError(f"exported model {d}: {CHECKSUMS} does not list {missing}")
     return listed
@@ -237,6 +237,41 @@ def verify_export(model_dir: str | Path) -> str:
     for name, expected in _read_checksums(d).items():
         _check_file(d, name, expected)
     return hashlib.sha256((d / CHECKSUMS).read_bytes()).hexdigest()
+
+
+def verify_files(model_dir: str | Path, names, checksums: str | Path | None = None) -> None:
+    """Check these files of `model_dir` against its SHA256SUMS (or the `checksums` file given:
+    a Hub download keeps each file apart); a `save_pretrained` directory lists only its own."""
+    d = Path(model_dir)
+    sums = Path(checksums) if checksums else d / CHECKSUMS
+    if checksums:
+        listed = {}
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            listed[name] = digest
+        absent = [n for n in names if n not in listed]
+        if absent:
+            raise ValueError(f"model {d}: {CHECKSUMS} does not list {absent}")
+        for name, path in names.items():
+            if file_sha256(Path(path)) != listed[name]:
+                raise ValueError(f"model {d}: {name} does not match {CHECKSUMS} (file changed after it was saved)")
+        return
+    listed = _read_checksums(d, required=list(names))
+    for name in names:
+        _check_file(d, name, listed[name])
+
+
+def write_checksums(directory: str | Path, names) -> None:
+    """Add or update these files' lines in `directory`/SHA256SUMS (others' lines are kept)."""
+    d = Path(directory)
+    listed = {}
+    if (d / CHECKSUMS).is_file():
+        for line in (d / CHECKSUMS).read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if name:
+                listed[name] = digest
+    listed.update({n: file_sha256(d / n) for n in names})
+    _write_atomic(d / CHECKSUMS, "".join(f"{listed[n]}  {n}\n" for n in sorted(listed)).encode())
 
 
 def verified_file(model_dir: str | Path, name: str) -> Path:

@@ -6,6 +6,13 @@ Layout: <out>/checkpoints/step_00000120/ holds DeepSpeed's files, one
 `COMPLETE` after a barrier; `latest` (a one-line file replaced atomically with
 os.replace) then points at it. A checkpoint cut off half-way is therefore never
 picked up: `find_latest` ignores directories without `COMPLETE`.
+
+A run directory belongs to one run (`claim_run_dir`): a fresh start is refused where another
+run left checkpoints or an export (unless `--overwrite`, which deletes them first), a resume is
+refused where later checkpoints of an abandoned continuation would outrank the new ones, and
+`trainer.json` records the run's config so that a resume under another config names the fields
+that differ (`check_resume_config`). Writes that fail for lack of space or permission end in one
+line naming the path (`jest_ds.train.failures.StorageError`).
 """
 from __future__ import annotations
 
@@ -20,7 +27,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from jest_ds.train.failures import RunDirectoryError, writing
+
 COMPLETE = "COMPLETE"
+CONFIG_KEY = "config"  # trainer.json: the run's whole config (ExperimentConfig.to_dict()) at save time
+# Fields a resume may change: where and how often the run reports, never what it trains.
+RESUMABLE_CHANGES = ("name", "train.out_dir", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                     "train.keep_last", "train.collective_timeout_s", "train.tensorboard", "train.peak_flops",
+                     "train.max_nonfinite_in_row", "data.num_workers", "data.prefetch_factor", "eval.sets",
+                     "eval.few_shot", "eval.batch_size")
+PATH_FIELDS = ("data.root", "data.tokenizer", "data.reference_cache", "selection.reference", "train.ds_config")
+# What a run writes into its out_dir (README / docs/cluster.md "The run directory"); --overwrite deletes these.
+RUN_FILES = ("checkpoints", "export", "summary.json", "metrics.jsonl", "tensorboard", "selection_record",
+             "config.yaml")
 
 
 def _barrier() -> None:
@@ -70,27 +89,46 @@ def save(engine, ckpt_root: str | Path, step: int, rank_state: dict[str, Any], t
         if stale.exists():  # a previous attempt at this step that never completed
             shutil.rmtree(stale)
     _barrier()
-    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
-    torch.save(rank_state, root / tag / f"rank_{rank}.pt")
+    with writing(root / tag):  # DeepSpeed's files
+        engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+    rank_file = root / tag / f"rank_{rank}.pt"
+    with writing(rank_file):
+        torch.save(rank_state, rank_file)
     _barrier()
     if rank == 0:
-        (root / tag / "trainer.json").write_text(json.dumps(trainer_state))
-        (root / tag / COMPLETE).write_text(str(step))
+        for name, text in (("trainer.json", json.dumps(trainer_state)), (COMPLETE, str(step))):
+            with writing(root / tag / name):
+                (root / tag / name).write_text(text)
         tmp = root / "latest.tmp"
-        tmp.write_text(tag)
-        os.replace(tmp, root / "latest")
+        with writing(tmp):
+            tmp.write_text(tag)
+            os.replace(tmp, root / "latest")
         _prune(root, keep_last)
     _barrier()
     return root / tag
 
 
+def step_of(path: Path) -> int:
+    """The step of a checkpoint directory `step_00000120` (-1 for a name that is not one)."""
+    digits = path.name.removeprefix("step_")
+    return int(digits) if path.name.startswith("step_") and digits.isdigit() else -1
+
+
+def complete_checkpoints(root: str | Path) -> list[Path]:
+    """The complete checkpoints under `root`, oldest step first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step_*") if step_of(p) >= 0 and (p / COMPLETE).exists()), key=step_of)
+
+
 def _prune(root: Path, keep_last: int) -> None:
-    complete = sorted(p for p in root.glob("step_*") if (p / COMPLETE).exists())
+    complete = complete_checkpoints(root)
     for old in complete[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     newest = complete[-1].name if complete else ""
     for partial in root.glob("step_*"):
-        if not (partial / COMPLETE).exists() and partial.name < newest:
+        if not (partial / COMPLETE).exists() and step_of(partial) < step_of(Path(newest or "step_")):
             shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -101,7 +139,7 @@ def find_latest(ckpt_root: str | Path) -> Path | None:
         cand = root / pointer.read_text().strip()
         if (cand / COMPLETE).exists():
             return cand
-    complete = sorted(p for p in root.glob("step_*") if (p / COMPLETE).exists())
+    complete = complete_checkpoints(root)
     return complete[-1] if complete else None
 
 
@@ -127,5 +165,110 @@ def load(engine, ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not rank_file.is_file():
         raise FileNotFoundError(f"{rank_file} missing: was the checkpoint written with another world size?")
     rank_state = torch.load(rank_file, weights_only=True)
-    trainer_state = json.loads((ckpt_dir / "trainer.json").read_text())
-    return rank_state, trainer_state
+    return rank_state, trainer_json(ckpt_dir)
+
+
+def trainer_json(ckpt_dir: Path) -> dict[str, Any]:
+    path = ckpt_dir / "trainer.json"
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"checkpoint {ckpt_dir}: trainer.json is not valid JSON ({exc}): resume from an "
+                         "earlier checkpoint (--resume DIR)") from None
+
+
+# --------------------------------------------------------------------------- one run per directory
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        out.update(_flat(value, path + ".") if isinstance(value, dict) else {path: value})
+    return out
+
+
+def _same(path: str, a: Any, b: Any) -> bool:
+    if path in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and a and b:
+        return a == b or Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`field: saved -> current` for each field (other than RESUMABLE_CHANGES) whose values differ."""
+    old, new = _flat(saved), _flat(current)
+    out = []
+    for path in sorted(old.keys() | new.keys()):
+        if path in RESUMABLE_CHANGES or _same(path, old.get(path), new.get(path)):
+            continue
+        out.append(f"{path}: {old.get(path, '(absent)')!r} -> {new.get(path, '(absent)')!r}")
+    return out
+
+
+def check_resume_config(ckpt_dir: Path, config: dict[str, Any]) -> bool:
+    """Refuse (one line) to resume `ckpt_dir` under a config that trains differently from the one
+    it was saved with; False when the checkpoint predates the recorded config (nothing to check)."""
+    saved = trainer_json(ckpt_dir).get(CONFIG_KEY)
+    if saved is None:
+        return False
+    diff = config_differences(saved, config)
+    if diff:
+        shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+        raise RunDirectoryError(
+            f"--resume {ckpt_dir}: the checkpoint was trained with another config ({shown}): resume with "
+            "its values, or start a new run in another train.out_dir (or here with --overwrite)")
+    return True
+
+
+def claim_run_dir(out_dir: str | Path, ckpt: Path | None, overwrite: bool) -> list[Path]:
+    """Check that a run starting (ckpt None) or resuming `ckpt` in `out_dir` will not mix with
+    another; returns what rank 0 must delete first. Raises RunDirectoryError (one line) when the
+    directory holds another run and `overwrite` is False.
+
+    Fresh start: another run's complete checkpoints, export or summary make the directory taken
+    (incomplete checkpoint directories are debris and are deleted). Resume: complete checkpoints
+    after the resumed step (a continuation being abandoned) would outrank the new ones in
+    `latest` and in pruning; so would checkpoints of the directory when resuming from elsewhere."""
+    out = Path(out_dir)
+    root = out / "checkpoints"
+    complete = complete_checkpoints(root)
+    partial = [p for p in root.glob("step_*") if p not in complete] if root.is_dir() else []
+    if ckpt is None:
+        taken = [p for p in (complete[-1] if complete else None, out / "export", out / "summary.json")
+                 if p is not None and p.exists()]
+        if not taken:
+            return partial
+        if not overwrite:
+            raise RunDirectoryError(
+                f"train.out_dir = {str(out)!r} holds another run ({taken[0]}): continue it with --resume latest, "
+                "start afresh there with --overwrite (deletes its checkpoints, metrics and export), or choose "
+                "another train.out_dir")
+        return [out / name for name in RUN_FILES if (out / name).exists()] + \
+            sorted(out.glob("selected_keys_rank*.jsonl"))
+    ckpt = Path(ckpt)
+    ours = ckpt.parent.resolve() == root.resolve() if root.is_dir() else False
+    later = [p for p in complete if step_of(p) > step_of(ckpt)] if ours else complete
+    if not later:
+        return []
+    if not overwrite:
+        what = (f"later checkpoints ({later[-1].name})" if ours
+                else f"checkpoints of another run ({later[-1]})")
+        raise RunDirectoryError(
+            f"--resume {ckpt}: train.out_dir = {str(out)!r} holds {what} that would outrank the resumed run's: "
+            "resume the newest (--resume latest), or pass --overwrite to delete them")
+    doomed = list(later)
+    summary = out / "summary.json"
+    if summary.is_file():
+        try:
+            exported_step = json.loads(summary.read_text()).get("step", 0)
+        except json.JSONDecodeError:
+            exported_step = None
+        if exported_step is None or exported_step > step_of(ckpt):
+            doomed += [p for p in (out / "export", summary) if p.exists()]
+    return doomed
+
+
+def delete(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)

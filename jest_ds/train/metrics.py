@@ -3,6 +3,7 @@ measurements the trainer logs besides the loss: throughput, data wait, MFU, peak
 from __future__ import annotations
 
 import json
+import logging
 import math
 import resource
 import sys
@@ -13,6 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from jest_ds.train.failures import writing
+
+log = logging.getLogger("jest_ds.train")
+
 
 class MetricsWriter:
     def __init__(self, out_dir: str | Path, enabled: bool = True, tensorboard: bool = True, resume: bool = False):
@@ -21,9 +26,10 @@ class MetricsWriter:
         self._tb = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not resume and self.path.exists():
-            self.path.unlink()
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not resume and self.path.exists():
+                self.path.unlink()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -35,15 +41,15 @@ class MetricsWriter:
         """On resume: drop records written after the checkpoint's step (they will be rewritten)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(k + "\n" for k in kept))
+        kept = [json.dumps(r, default=float) for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        with writing(self.path):
+            self.path.write_text("".join(k + "\n" for k in kept))
 
     def write(self, step: int, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         row = {"step": step, "time": time.time(), **record}
-        with self.path.open("a") as fh:
+        with writing(self.path), self.path.open("a") as fh:
             fh.write(json.dumps(row, default=float) + "\n")
         if self._tb is not None:
             for key, value in record.items():
@@ -71,7 +77,20 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         p = p / "metrics.jsonl"
     if not p.is_file():
         raise FileNotFoundError(f"no metrics file at {p}")
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    lines = p.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if not any(rest.strip() for rest in lines[i + 1:]):
+                # what a full disk or a kill in mid-write leaves: the last record cut short
+                log.warning("%s: dropped its last line, cut short (%s): %r", p, exc, line[:80])
+                break
+            raise ValueError(f"{p}, line {i + 1}: not a JSON record ({exc}); delete or repair that line") from None
+    return rows
 
 
 class ThroughputMeter:

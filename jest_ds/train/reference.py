@@ -7,8 +7,9 @@ from typing import Sequence
 import torch
 
 from jest_ds.data.reference_cache import ReferenceCache, default_cache_dir
+from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.config import PRECISION_DTYPES, ExperimentConfig, resolved_precision
-from jest_ds.models.export import load_exported
+from jest_ds.models.export import TOKENIZER, load_exported, verified_file
 from jest_ds.selection import Embeddings
 
 
@@ -18,22 +19,31 @@ def cache_dir(cfg: ExperimentConfig, train_urls: Sequence[str]) -> Path:
 
 
 class ReferenceScorer:
-    """`embeddings(batch)` -> reference `Embeddings` for the batch's samples (None when not needed)."""
+    """`embeddings(batch)` -> reference `Embeddings` for the batch's samples (None when not needed).
 
-    def __init__(self, cfg: ExperimentConfig, train_urls: Sequence[str], device: torch.device, world_size: int):
+    The reference reads captions with ITS OWN tokenizer (the export's tokenizer.json): a forward
+    re-tokenises the batch's captions unless the run's tokenizer is the same one, and a cache is
+    accepted only if it was made with that tokenizer."""
+
+    def __init__(self, cfg: ExperimentConfig, train_urls: Sequence[str], device: torch.device, world_size: int,
+                 tokenizer: CaptionTokenizer | None = None):
         s = cfg.selection
         self.mode = "none"
         self.model = None
         self.cache = None
         self.device = device
+        self.tokenizer = None  # None: the batch's tokens are the reference's too
         if s.method == "iid" or s.score == "hard_learner":
             return
         # cached: only the hash and config are used, so the weights stay on the CPU and are dropped
         model, ref_cfg, digest = load_exported(s.reference, "cpu" if s.reference_mode == "cached" else device)
         self.digest = digest
         self.config = ref_cfg
+        ref_tokenizer = CaptionTokenizer.from_file(verified_file(s.reference, TOKENIZER))
+        self.context_length = ref_cfg.model.context_length
         if s.reference_mode == "cached":
-            self.cache = ReferenceCache(cache_dir(cfg, train_urls), expected_hash=digest)
+            self.cache = ReferenceCache(cache_dir(cfg, train_urls), expected_hash=digest,
+                                        expected_tokenizer=ref_tokenizer.fingerprint())
             self.cache.check_covers(train_urls)
             self.mode = "cached"
         else:
@@ -48,6 +58,9 @@ class ReferenceScorer:
                 model = model.to(getattr(torch, PRECISION_DTYPES[resolved_precision(cfg)]))
             self.model = model
             self.mode = "forward"
+            same = (tokenizer is not None and tokenizer.fingerprint() == ref_tokenizer.fingerprint()
+                    and self.context_length == cfg.model.context_length)
+            self.tokenizer = None if same else ref_tokenizer
 
     @torch.no_grad()
     def embeddings(self, batch) -> Embeddings | None:
@@ -57,5 +70,10 @@ class ReferenceScorer:
             img, txt = self.cache.lookup(batch.urls, batch.rows, batch.keys)
             return Embeddings(img.to(self.device), txt.to(self.device), self.cache.log_scale.to(self.device),
                               self.cache.bias.to(self.device))
-        enc = self.model(batch.images.to(self.device), batch.tokens.to(self.device))
+        tokens = batch.tokens
+        if self.tokenizer is not None:  # the run's tokenizer is not the reference's
+            if len(batch.captions) != len(batch.keys):
+                raise ValueError("reference forward with the reference's own tokenizer needs the batch's captions")
+            tokens = self.tokenizer.encode_batch(batch.captions, self.context_length)
+        enc = self.model(batch.images.to(self.device), tokens.to(self.device))
         return Embeddings(enc.img.float(), enc.txt.float(), enc.log_scale.float(), enc.bias.float())

@@ -43,6 +43,7 @@ from jest_ds.train import checkpoint
 from jest_ds.train.best import BestTracker
 from jest_ds.train.distributed import device as pick_device, init_distributed, shutdown
 from jest_ds.train.engine import build_engine
+from jest_ds.train.failures import RunAborted, writing
 from jest_ds.train.grad_norm import dense_grad_norm, engine_reports_grad_norm
 from jest_ds.train.metrics import MetricsWriter, ThroughputMeter, peak_memory_metrics
 from jest_ds.train.reference import ReferenceScorer
@@ -57,8 +58,8 @@ log = logging.getLogger("jest_ds.train")
 SELECTED_KEYS_ENV = "JEST_DS_LOG_SELECTED"
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(RunAborted):
+    """`train.max_nonfinite_in_row` steps in a row had a non-finite loss or gradient norm."""
 
 
 def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path | None, list[str], CaptionTokenizer]:
@@ -93,7 +94,15 @@ def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path | None, list[str], Capt
     if not tok_path.is_file():
         raise FileNotFoundError(f"data.tokenizer = {str(tok_path)!r}: no such file (make one from your shards' captions "
                                 "with `jest-ds data tokenizer --shards ... --out tokenizer.json`)")
-    return root, urls, CaptionTokenizer.from_file(tok_path)
+    try:
+        tokenizer = CaptionTokenizer.from_file(tok_path)
+    except ValueError as exc:
+        raise ValueError(f"data.tokenizer = {str(tok_path)!r}: {exc}") from None
+    m = cfg.model
+    if m.vocab_size and m.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"config error: model.vocab_size = {m.vocab_size}: smaller than the vocabulary of the "
+                         f"tokenizer {tok_path} ({tokenizer.vocab_size} tokens); set it to 0 to take the tokenizer's")
+    return root, urls, tokenizer
 
 
 def take(batch: Batch, idx: torch.Tensor) -> Batch:
@@ -112,18 +121,31 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, resume: str = "", show_progress: bool = True):
+    def __init__(self, cfg: ExperimentConfig, resume: str = "", show_progress: bool = True,
+                 overwrite: bool = False):
         self.cfg = cfg
         self.data_root, self.train_urls, self.tokenizer = resolve_dataset(cfg)  # fail fast, before any collective
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = self.tokenizer.vocab_size
+        self.out_dir = Path(cfg.train.out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        # One run per directory (docs/cluster.md "The run directory"): checked before any collective.
+        ckpt = checkpoint.resolve(resume, self.ckpt_root)
+        doomed = checkpoint.claim_run_dir(self.out_dir, ckpt, overwrite)
+        if ckpt is not None and not checkpoint.check_resume_config(ckpt, cfg.to_dict()):
+            log.warning("resuming %s: the checkpoint predates recorded configs, so it cannot be checked "
+                        "against this run's config", ckpt)
         self.rank, self.world = init_distributed(cfg.train.collective_timeout_s)
         self.device = pick_device()
         self.is_main = self.rank == 0
         self.show_progress = show_progress and self.is_main
-        self.out_dir = Path(cfg.train.out_dir)
-        self.ckpt_root = self.out_dir / "checkpoints"
+        if doomed and self.is_main:
+            log.info("deleting what %s held before this run: %s", self.out_dir, ", ".join(p.name for p in doomed))
+            with writing(self.out_dir):
+                checkpoint.delete(doomed)
+        if dist.is_initialized():
+            dist.barrier()
 
-        if cfg.model.vocab_size == 0:
-            cfg.model.vocab_size = self.tokenizer.vocab_size
         self.B_local, self.b_local = cfg.per_rank(self.world)
         if self.world > 1 and cfg.selection.method != "iid" and not cfg.selection.quota_per_rank:
             raise ValueError("config error: selection.quota_per_rank = false needs a world size of 1: "
@@ -134,7 +156,7 @@ class Trainer:
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.engine = build_engine(cfg, DualEncoder(cfg.model), self.world)
-        self.reference = ReferenceScorer(cfg, self.train_urls, self.device, self.world)
+        self.reference = ReferenceScorer(cfg, self.train_urls, self.device, self.world, self.tokenizer)
         # Identical on every rank: the joint sampler must draw the same Gumbel noise everywhere.
         self.selection_rng = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
 
@@ -163,7 +185,6 @@ class Trainer:
             self.selected_log = open(self.out_dir / f"selected_keys_rank{self.rank}.jsonl", "a")
         self.selection_record = SelectionRecord(self.out_dir / RECORD_DIR, self.rank)
         self.best = BestTracker(cfg.eval.best_metric, cfg.eval.best_mode, cfg.eval.patience)
-        ckpt = checkpoint.resolve(resume, self.ckpt_root)
         if ckpt is not None:
             self._restore(ckpt)
         self.metrics = MetricsWriter(self.out_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard,
@@ -171,8 +192,9 @@ class Trainer:
         if ckpt is not None:
             self.metrics.truncate_after(self.step)
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out_dir / "config.yaml")
+            with writing(self.out_dir / "config.yaml"):
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, self.out_dir / "config.yaml")
 
     # ------------------------------------------------------------------ set-up helpers
     def _load_eval_sets(self):
@@ -358,9 +380,10 @@ class Trainer:
         rank_state = {"rng": checkpoint.rng_state(self.selection_rng), "loader": self.loader.state_dict(),
                       "skipped": self.skipped.as_dict(), "selection_record": self.selection_record.state_dict()}
         trainer_state = {"step": self.step, "ledger": self.ledger.state_dict(), "nonfinite_total": self.nonfinite_total,
-                         "best": self.best.state_dict()}
+                         "best": self.best.state_dict(), checkpoint.CONFIG_KEY: self.cfg.to_dict()}
         checkpoint.save(self.engine, self.ckpt_root, self.step, rank_state, trainer_state, self.cfg.train.keep_last)
-        self.selection_record.flush()
+        with writing(self.selection_record.directory):
+            self.selection_record.flush()
 
     def run(self) -> dict[str, float]:
         t = self.cfg.train
@@ -433,12 +456,15 @@ class Trainer:
         skipped = self.skipped_all_ranks()
         digest = None
         if self.is_main:
-            digest = export_model(state, self.cfg, out_dir or self.out_dir / "export")
+            target = Path(out_dir or self.out_dir / "export")
+            with writing(target):
+                digest = export_model(state, self.cfg, target)
             summary = {"step": self.step, "sha256": digest, "skipped": skipped,
                        "flops": self.ledger.totals()}
             if self.best.enabled:
                 summary["best"] = self.best.state_dict()
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            with writing(self.out_dir / "summary.json"):
+                (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return digest
 
     def close(self) -> None:
@@ -448,8 +474,10 @@ class Trainer:
         shutdown()
 
 
-def train(cfg: ExperimentConfig, resume: str = "", export: bool = True, show_progress: bool = True) -> dict[str, float]:
-    trainer = Trainer(cfg, resume=resume, show_progress=show_progress)
+def train(cfg: ExperimentConfig, resume: str = "", export: bool = True, show_progress: bool = True,
+          overwrite: bool = False) -> dict[str, float]:
+    """Train (or resume) a run; `overwrite`: start afresh in an out_dir that holds another run (deleted)."""
+    trainer = Trainer(cfg, resume=resume, show_progress=show_progress, overwrite=overwrite)
     try:
         final = trainer.run()
         if export and not trainer.best.enabled:  # with eval.best_metric the best evaluation was exported
