@@ -139,7 +139,9 @@ def test_a_jest_run_records_its_selection_and_a_resume_reproduces_it(synthetic_r
     # (2) resuming from the step-3 checkpoint (after losing the record files) ends with the same record
     uninterrupted = record
     shutil.rmtree(run / RECORD_DIR)
-    resumed = Trainer(config_from_dict(cfg), resume=str(run / "checkpoints" / "step_00000003"), show_progress=False)
+    # (step 6's checkpoint is there too: rewinding past it needs overwrite=True, issue 19)
+    resumed = Trainer(config_from_dict(cfg), resume=str(run / "checkpoints" / "step_00000003"), show_progress=False,
+                      overwrite=True)
     try:
         assert sum(int(r["offered"].sum()) for r in resumed.selection_record.shards.values()) == 3 * 64
         resumed.run()
