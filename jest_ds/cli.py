@@ -150,6 +150,21 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _at_least(low: int):
+    """argparse type: an integer >= low (argparse then prints the usage and one error line, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: must be >= {low}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     """Every (sub)command takes --debug, wherever it is written (`jest-ds train --debug ...`)."""
 
@@ -174,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--shards", nargs="+", required=True, help="a directory, brace pattern or list of .tar shards")
     tk.add_argument("--out", required=True, help="tokenizer.json to write")
     tk.add_argument("--vocab-size", type=int, default=32_000)
-    tk.add_argument("--min-frequency", type=int, default=2, help="words seen fewer times are split into pieces")
-    tk.add_argument("--max-captions", type=int, default=0, help="use the first N captions in shard order (0: all)")
+    tk.add_argument("--min-frequency", type=_at_least(1), default=2, help="words seen fewer times are split into pieces")
+    tk.add_argument("--max-captions", type=_at_least(0), default=0, help="use the first N captions in shard order (0: all)")
     tk.set_defaults(func=_data_tokenizer)
 
     tr = sub.add_parser("train", help="train a dual encoder (IID, JEST, independent, Flexi-JEST)")
@@ -215,11 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--out", default="", help="cache directory (default: <first shard's directory>/reference_cache, "
                                               "where training looks when data.reference_cache is empty)")
     cr.add_argument("--tokenizer", default="", help="default: the reference export's own tokenizer.json")
-    cr.add_argument("--batch-size", type=int, default=256)
+    cr.add_argument("--batch-size", type=_at_least(1), default=256)
     cr.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="auto: bf16 on a GPU that supports it, else fp32 (embeddings are stored in float16)")
     cr.add_argument("--device", default="", help="default: this rank's GPU if there is one, else cpu")
-    cr.add_argument("--workers", type=int, default=-1,
+    cr.add_argument("--workers", type=_at_least(-1), default=-1,
                     help="image-decoding processes per rank (-1: the cores per local rank minus one, at least 1)")
     cr.add_argument("--quiet", action="store_true")
     cr.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -236,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "model was trained with")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="auto: the GPU when there is one")
-    ev.add_argument("--few-shot", type=int, default=10, help="shots per class of the linear probe (0: no probe)")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--few-shot", type=_at_least(0), default=10, help="shots per class of the linear probe (0: no probe)")
+    ev.add_argument("--batch-size", type=_at_least(1), default=256)
     ev.add_argument("--out", default="", help="write the metrics and per-set skip counts as JSON")
     ev.set_defaults(func=_eval)
 
@@ -253,13 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     cu_sub = cu.add_subparsers(dest="curate_command", required=True)
     cx = cu_sub.add_parser("export", help="the K most-selected examples of a run as a webdataset shard set "
                                           "(from <run>/selection_record)")
-    cx.add_argument("--top", type=int, required=True, metavar="K", help="how many examples")
+    cx.add_argument("--top", type=_at_least(1), required=True, metavar="K", help="how many examples")
     cx.add_argument("--out", required=True, help="new directory for top-*.tar, their _stats.json and manifest.json")
     cx.add_argument("--run", default=".", help="the training run's out_dir (default: the current directory)")
     cx.add_argument("--shards", default=None, metavar="SPEC",
                     help="where the training shards are now (a directory or brace pattern; matched by file "
                          "name); default: the paths the run recorded")
-    cx.add_argument("--shard-size", type=int, default=1000, help="samples per output tar")
+    cx.add_argument("--shard-size", type=_at_least(1), default=1000, help="samples per output tar")
     cx.set_defaults(func=_curate_export)
 
     demo = sub.add_parser("demo", help="the whole story: data, reference, cache, IID vs JEST vs Flexi-JEST, report")

@@ -33,6 +33,9 @@ _CAUSES = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file s
 # torch.save / DeepSpeed's save go through torch's zip writer, which reports a failed write as a
 # RuntimeError ("PytorchStreamWriter failed writing file ...", "unexpected pos ...") without errno.
 _TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "unexpected pos", "file write failed")
+# safetensors (the export's weights) raises its own SafetensorError carrying the OS error as text.
+_OS_ERROR_TEXT = {"(os error 28)": errno.ENOSPC, "(os error 30)": errno.EROFS, "(os error 13)": errno.EACCES,
+                  "(os error 122)": errno.EDQUOT}
 
 
 def _free(path: Path) -> str:
@@ -52,8 +55,12 @@ def storage_error(path: str | Path, exc: BaseException) -> StorageError | None:
         cause = _CAUSES[exc.errno]
         if exc.errno == errno.ENOSPC:
             cause += f" ({_free(path)})"
-        where = exc.filename if getattr(exc, "filename", None) else path
+        named = str(getattr(exc, "filename", None) or "")  # a copy names its source: keep ours then
+        where = named if named.startswith(str(path)) else path
         return StorageError(f"cannot write {where}: {cause} [Errno {exc.errno}]")
+    code = next((c for text, c in _OS_ERROR_TEXT.items() if text in str(exc)), None)
+    if code is not None and not isinstance(exc, OSError):
+        return storage_error(path, OSError(code, str(exc)))
     if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILURES):
         return StorageError(f"cannot write {path}: the write failed part-way, the disk is probably full "
                             f"({_free(path)})")
@@ -63,9 +70,11 @@ def storage_error(path: str | Path, exc: BaseException) -> StorageError | None:
 @contextlib.contextmanager
 def writing(path: str | Path) -> Iterator[None]:
     """Run the block that writes `path`; a storage failure becomes a one-line StorageError."""
+    from safetensors import SafetensorError
+
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
         if isinstance(exc, RunAborted):
             raise
         mapped = storage_error(path, exc)
