@@ -85,6 +85,9 @@ def test_resuming_an_earlier_checkpoint_refuses_later_ones_that_would_outrank_it
     with pytest.raises(RunDirectoryError, match="checkpoints of another run"):
         checkpoint.claim_run_dir(tmp_path / "run", other, overwrite=False)
     # a directory holding only an interrupted first save is this run's debris, not another run
+    (tmp_path / "kept" / "export").mkdir(parents=True)  # its checkpoints deleted, its export kept
+    with pytest.raises(RunDirectoryError, match="it has no complete checkpoint to resume; start afresh"):
+        checkpoint.claim_run_dir(tmp_path / "kept", None, overwrite=False, resume="latest")
     partial = tmp_path / "fresh" / "checkpoints" / checkpoint.tag_for(4)
     partial.mkdir(parents=True)
     assert checkpoint.claim_run_dir(tmp_path / "fresh", None, overwrite=False) == [partial]

@@ -218,7 +218,7 @@ def check_resume_config(ckpt_dir: Path, config: dict[str, Any]) -> bool:
     return True
 
 
-def claim_run_dir(out_dir: str | Path, ckpt: Path | None, overwrite: bool) -> list[Path]:
+def claim_run_dir(out_dir: str | Path, ckpt: Path | None, overwrite: bool, resume: str = "") -> list[Path]:
     """Check that a run starting (ckpt None) or resuming `ckpt` in `out_dir` will not mix with
     another; returns what rank 0 must delete first. Raises RunDirectoryError (one line) when the
     directory holds another run and `overwrite` is False.
@@ -237,10 +237,11 @@ def claim_run_dir(out_dir: str | Path, ckpt: Path | None, overwrite: bool) -> li
         if not taken:
             return partial
         if not overwrite:
+            how = ("it has no complete checkpoint to resume" if resume
+                   else "continue it with --resume latest")
             raise RunDirectoryError(
-                f"train.out_dir = {str(out)!r} holds another run ({taken[0]}): continue it with --resume latest, "
-                "start afresh there with --overwrite (deletes its checkpoints, metrics and export), or choose "
-                "another train.out_dir")
+                f"train.out_dir = {str(out)!r} holds another run ({taken[0]}): {how}; start afresh there with "
+                "--overwrite (deletes its checkpoints, metrics and export), or choose another train.out_dir")
         return [out / name for name in RUN_FILES if (out / name).exists()] + \
             sorted(out.glob("selected_keys_rank*.jsonl"))
     ckpt = Path(ckpt)

@@ -131,7 +131,7 @@ class Trainer:
         self.ckpt_root = self.out_dir / "checkpoints"
         # One run per directory (docs/cluster.md "The run directory"): checked before any collective.
         ckpt = checkpoint.resolve(resume, self.ckpt_root)
-        doomed = checkpoint.claim_run_dir(self.out_dir, ckpt, overwrite)
+        doomed = checkpoint.claim_run_dir(self.out_dir, ckpt, overwrite, resume)
         if ckpt is not None and not checkpoint.check_resume_config(ckpt, cfg.to_dict()):
             log.warning("resuming %s: the checkpoint predates recorded configs, so it cannot be checked "
                         "against this run's config", ckpt)
