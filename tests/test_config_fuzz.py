@@ -2,7 +2,7 @@
 (`jest-ds config show --set section.field=VALUE`), ends in ONE line naming the field and exit
 code 2, never a traceback; `--debug` adds the traceback (issue 19)."""
 import dataclasses
-from typing import Literal, get_args, get_origin, get_type_hints
+from typing import Literal, get_origin, get_type_hints
 
 import pytest
 
