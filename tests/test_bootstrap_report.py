@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from jest_ds import benchmark
-from jest_ds.benchmark import HEADLINE, SELECTION, ZEROSHOT_TOP1
+from jest_ds.benchmark import EMBEDDED, HEADLINE, SELECTION, ZEROSHOT_TOP1, Benchmark
 from jest_ds.reports.bootstrap import bootstrap_report, markdown, write_report
 
-R1 = benchmark.R1
+R1 = EMBEDDED.r1
 
 
 def _run(root, name, cfg, evals, flops_per_step, seed=0):
@@ -114,3 +114,13 @@ def test_reference_config_selects_on_the_benchmark_selection_metric():
     from jest_ds.config import load_config
 
     assert load_config("tiny_reference").eval.best_metric == benchmark.SELECTION
+
+
+def test_benchmark_sets_name_the_roles():
+    b = Benchmark.from_sets("shapes_retrieval, shapes_val ,colours")
+    assert (b.headline, b.selection, b.zeroshot_top1) == ("eval/shapes_retrieval/headline", "eval/shapes_val/headline",
+                                                          "eval/colours/top1")
+    assert b.off_target == {}  # the embedded dataset's off-target sets only with its own names
+    assert Benchmark.from_sets("icon_retrieval,icon_val,icon_zeroshot") == EMBEDDED
+    with pytest.raises(ValueError, match="TEST,VAL,ZEROSHOT"):
+        Benchmark.from_sets("a,b")

@@ -16,7 +16,7 @@ def test_demo_runs_every_stage_and_reports_the_baselines(synthetic_root, tmp_pat
     small = ["train.batch_size=32", "data.num_workers=0"]  # the synthetic retrieval set has 64 pairs
     cmd = [sys.executable, "-m", "jest_ds.cli", "demo", "--out", str(out), "--data-root", str(synthetic_root),
            "--steps", "4", "--eval-every", "2", "--reference-steps", "6",
-           "--methods", "iid,jest,curated,pool_curated", "--metric", metric,
+           "--methods", "iid,jest,curated,pool_curated", "--benchmark-sets", "shapes_retrieval,shapes_retrieval,colours",
            "--reference-set", f"eval.best_metric={metric}"]
     for s in small:
         cmd += ["--set", s, "--reference-set", s]
@@ -34,8 +34,30 @@ def test_demo_runs_every_stage_and_reports_the_baselines(synthetic_root, tmp_pat
     assert parts == {"iid": "pool", "jest": "pool", "curated": "curated", "pool_curated": "pool+curated"}
     jest_cfg = yaml.safe_load((out / "jest/config.yaml").read_text())
     assert jest_cfg["selection"]["reference"] == str(out / "reference/export")
-    report = (out / "report/speedup.md").read_text()
-    for label in ("iid on curated", "iid on pool+curated", "jest f=0.8"):
+    report = (out / "report/bootstrap.md").read_text()
+    for label in ("iid on curated", "iid on pool+curated", "jest f=0.8", "reference (reference, curated set"):
         assert label in report
-    assert metric in report and (out / "report_second/speedup.md").is_file()
-    assert "eval/shapes_retrieval/headline" in res.stdout
+    rows = {r["run"]: r for r in json.loads((out / "report/bootstrap.json").read_text())["runs"]}
+    assert set(rows) == {"iid", "jest", "curated", "pool_curated"}
+    assert rows["jest"]["target"] == rows["iid"]["final_r5"]  # every run is held to IID's final R@5
+    assert "eval/shapes_retrieval/headline" in report
+    # the loss is a labelled diagnostic, printed before the headline table (the last thing the demo prints)
+    diagnostic = (out / "report_diagnostic/speedup.md").read_text()
+    assert "eval/shapes_retrieval/val_loss_batch" in diagnostic
+    assert res.stdout.index("diagnostic only") < res.stdout.index("== the benchmark: eval/shapes_retrieval/headline")
+
+
+def test_demo_stage_restart_flags(tmp_path):
+    """A killed stage resumes (the trainer then checks its config); --force starts it afresh."""
+    import argparse
+
+    from jest_ds.demo import _restart
+    from jest_ds.train.checkpoint import COMPLETE
+
+    run = tmp_path / "jest"
+    fresh, forced = argparse.Namespace(force=False), argparse.Namespace(force=True)
+    assert _restart(run, fresh) == [] and _restart(run, forced) == ["--overwrite"]
+    (run / "checkpoints/step_00000010").mkdir(parents=True)
+    assert _restart(run, fresh) == []  # a partial checkpoint is not a place to resume from
+    (run / "checkpoints/step_00000010" / COMPLETE).write_text("")
+    assert _restart(run, fresh) == ["--resume", "latest"] and _restart(run, forced) == ["--overwrite"]

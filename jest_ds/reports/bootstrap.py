@@ -3,7 +3,7 @@
 JEST's claim, as its users read it: a reference trained on a small curated set steers a learner on
 a large noisy pool, and the learner ends better than the reference and better than anything the
 curated set gives alone, with far less compute than IID training. This report puts every part of
-that claim in one table, on the headline metric (`jest_ds.benchmark.HEADLINE`, held-out R@5):
+that claim in one table, on the headline metric (`Benchmark.headline`, held-out R@5 of the target):
 
 * per method (runs grouped by name without ``_s<seed>``, seeds as repeats): the final R@5, the R@5
   at the run's best evaluation on the validation set (model selection, never the test set), R@1,
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jest_ds.benchmark import HEADLINE, HEADLINE_LABEL, OFF_TARGET, SELECTION, ZEROSHOT_TOP1, metric_value
+from jest_ds.benchmark import EMBEDDED, HEADLINE_LABEL, Benchmark
 from jest_ds.reports.seed_stats import mean_interval
 from jest_ds.reports.speedup import first_reach, method_label, run_group
 from jest_ds.train.metrics import read_metrics
@@ -42,43 +42,45 @@ class Run:
     batch_size: int
     reference: str  # selection.reference of the run's config ("" for IID runs)
     rows: list[dict] = field(default_factory=list)
+    bench: Benchmark = EMBEDDED
 
     @property
     def steps(self) -> list[int]:
         return [r["step"] for r in self.rows]
 
     def series(self, key: str) -> list[float | None]:
-        return [metric_value(r, key) for r in self.rows]
+        return [self.bench.value(r, key) for r in self.rows]
 
     @property
     def flops(self) -> list[float]:
         return [float(r.get("flops/total", math.nan)) for r in self.rows]
 
     def final(self, key: str) -> float | None:
-        return metric_value(self.rows[-1], key)
+        return self.bench.value(self.rows[-1], key)
 
     def best_row(self) -> dict:
         """The evaluation a user would keep: the best validation R@5 (the first on ties); the last
         evaluation when the run logged no validation set."""
-        scored = [(r[SELECTION], -i) for i, r in enumerate(self.rows) if SELECTION in r]
+        key = self.bench.selection
+        scored = [(r[key], -i) for i, r in enumerate(self.rows) if key in r]
         if not scored:
             return self.rows[-1]
         return self.rows[-max(scored)[1]]
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, bench: Benchmark = EMBEDDED) -> Run:
     import yaml
 
     path = Path(run_dir)
-    rows = [r for r in read_metrics(path) if HEADLINE in r]
+    rows = [r for r in read_metrics(path) if bench.headline in r]
     if not rows:
-        raise ValueError(f"{path}: metrics.jsonl has no {HEADLINE!r} records (was the run evaluated?)")
+        raise ValueError(f"{path}: metrics.jsonl has no {bench.headline!r} records (was the run evaluated?)")
     cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
     seed = cfg.get("train", {}).get("seed")
     sel = cfg.get("selection", {})
     return Run(path=path, name=path.name, group=run_group(path.name), method=method_label(cfg),
                seed=None if seed is None else int(seed), batch_size=int(cfg.get("train", {}).get("batch_size", 0)),
-               reference=sel.get("reference", "") if sel.get("method", "iid") != "iid" else "", rows=rows)
+               reference=sel.get("reference", "") if sel.get("method", "iid") != "iid" else "", rows=rows, bench=bench)
 
 
 @dataclass
@@ -94,7 +96,7 @@ class Reference:
     cache_rows: int
 
 
-def load_reference(ref_run: str | Path, cache_dir: str | Path | None = None) -> Reference:
+def load_reference(ref_run: str | Path, cache_dir: str | Path | None = None, bench: Benchmark = EMBEDDED) -> Reference:
     """``ref_run``: the reference's run directory (metrics.jsonl, summary.json, config.yaml)."""
     import yaml
 
@@ -103,9 +105,9 @@ def load_reference(ref_run: str | Path, cache_dir: str | Path | None = None) -> 
 
     path = Path(ref_run)
     records = read_metrics(path)
-    evals = [r for r in records if HEADLINE in r]
+    evals = [r for r in records if bench.headline in r]
     if not evals:
-        raise ValueError(f"reference {path}: metrics.jsonl has no {HEADLINE!r} records")
+        raise ValueError(f"reference {path}: metrics.jsonl has no {bench.headline!r} records")
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
     step = summary.get("step", evals[-1]["step"])
     at = next((r for r in evals if r["step"] == step), evals[-1])
@@ -118,8 +120,8 @@ def load_reference(ref_run: str | Path, cache_dir: str | Path | None = None) -> 
         cfg = yaml.safe_load((path / "config.yaml").read_text())
         model = ModelConfig(**cfg["model"])
         cache_flops = float(rows * learner_forward_flops(model))
-    return Reference(name=path.name, step=int(at["step"]), r5=float(at[HEADLINE]), r1=metric_value(at, "R@1"),
-                     zeroshot=at.get(ZEROSHOT_TOP1), train_flops=train_flops, cache_flops=cache_flops,
+    return Reference(name=path.name, step=int(at["step"]), r5=float(at[bench.headline]), r1=bench.value(at, "R@1"),
+                     zeroshot=at.get(bench.zeroshot_top1), train_flops=train_flops, cache_flops=cache_flops,
                      cache_rows=rows)
 
 
@@ -127,22 +129,23 @@ def load_reference(ref_run: str | Path, cache_dir: str | Path | None = None) -> 
 
 def run_stats(run: Run, base: Run, ref: Reference | None) -> dict:
     """One run against the IID run of its seed (``base``) and the reference."""
-    target = base.final(HEADLINE)
-    r5 = run.series(HEADLINE)
-    base_iters = first_reach(base.steps, base.series(HEADLINE), target)
-    base_flops = first_reach(base.flops, base.series(HEADLINE), target)
+    bench = run.bench
+    target = base.final(bench.headline)
+    r5 = run.series(bench.headline)
+    base_iters = first_reach(base.steps, base.series(bench.headline), target)
+    base_flops = first_reach(base.flops, base.series(bench.headline), target)
     it = first_reach(run.steps, r5, target)
     fl = first_reach(run.flops, r5, target) if all(f == f for f in run.flops) else None
     best = run.best_row()
     out = {"run": run.name, "group": run.group, "method": run.method, "seed": run.seed, "baseline": base.name,
            "steps": run.steps[-1], "target": target,
-           "final_r5": run.final(HEADLINE), "final_r1": run.final("R@1"), "final_zeroshot": run.final(ZEROSHOT_TOP1),
-           "best_step": best["step"], "best_r5": best[HEADLINE],
+           "final_r5": run.final(bench.headline), "final_r1": run.final("R@1"),
+           "final_zeroshot": run.final(bench.zeroshot_top1), "best_step": best["step"], "best_r5": best[bench.headline],
            "iters_to_iid": it, "flops_to_iid": fl,
            "iter_speedup": None if it in (None, 0) or base_iters is None else base_iters / it,
            "flop_speedup": None if fl in (None, 0) or base_flops is None or base_flops != base_flops else base_flops / fl,
            "base_flops_to_iid": base_flops,
-           "off_target": {label: run.final(key) for label, key in OFF_TARGET.items()}}
+           "off_target": {label: run.final(key) for label, key in bench.off_target.items()}}
     if ref is not None:
         out["iters_to_ref"] = first_reach(run.steps, r5, ref.r5)
         out["flops_to_ref"] = first_reach(run.flops, r5, ref.r5) if all(f == f for f in run.flops) else None
@@ -156,7 +159,7 @@ STATS = ("final_r5", "best_r5", "best_step", "final_r1", "final_zeroshot", "iter
 REACH = {"iters_to_iid", "iter_speedup", "flops_to_iid", "flop_speedup"}  # over the seeds that reached IID's final
 
 
-def group_stats(stats: list[dict]) -> list[dict]:
+def group_stats(stats: list[dict], bench: Benchmark = EMBEDDED) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for s in stats:
         groups.setdefault(s["group"], []).append(s)
@@ -171,7 +174,7 @@ def group_stats(stats: list[dict]) -> list[dict]:
             mean, lo, hi = mean_interval(vals)
             row[key] = {"mean": mean, "lo": lo, "hi": hi, "n": len(vals)}
         row["off_target"] = {}
-        for label in OFF_TARGET:
+        for label in bench.off_target:
             vals = [m["off_target"][label] for m in members if m["off_target"].get(label) is not None]
             mean, lo, hi = mean_interval(vals)
             row["off_target"][label] = {"mean": mean, "lo": lo, "hi": hi, "n": len(vals)}
@@ -180,9 +183,9 @@ def group_stats(stats: list[dict]) -> list[dict]:
 
 
 def bootstrap_report(run_dirs: list[str | Path], reference_run: str | Path | None = None,
-                     reference_cache: str | Path | None = None) -> dict:
+                     reference_cache: str | Path | None = None, bench: Benchmark = EMBEDDED) -> dict:
     """Everything the markdown and the plot show, as plain data."""
-    runs = [load_run(d) for d in run_dirs]
+    runs = [load_run(d, bench) for d in run_dirs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"benchmark report: two runs named {next(n for n in names if names.count(n) > 1)!r}")
@@ -193,14 +196,14 @@ def bootstrap_report(run_dirs: list[str | Path], reference_run: str | Path | Non
         refs = sorted({r.reference for r in runs if r.reference})
         if refs:
             reference_run = Path(refs[0]).parent  # the demo's layout: <reference run>/export
-    ref = load_reference(reference_run, reference_cache) if reference_run else None
+    ref = load_reference(reference_run, reference_cache, bench) if reference_run else None
     by_seed = {r.seed: r for r in iid}
     stats = []
     for r in runs:
         base = iid[0] if len(iid) == 1 else by_seed.get(r.seed)
         if base is not None:
             stats.append(run_stats(r, base, ref))
-    groups = group_stats(stats)
+    groups = group_stats(stats, bench)
     one_off = None if ref is None else ref.train_flops + (0.0 if ref.cache_flops != ref.cache_flops else ref.cache_flops)
     for g in groups:  # payback: the reference's one-off cost over what one run saves to IID's final
         members = [s for s in stats if s["group"] == g["group"]]
@@ -209,7 +212,8 @@ def bootstrap_report(run_dirs: list[str | Path], reference_run: str | Path | Non
         mean_saved = sum(saved) / len(saved) if saved else None
         g["flops_saved_per_run"] = mean_saved
         g["payback_runs"] = (one_off / mean_saved) if one_off and mean_saved and mean_saved > 0 else None
-    return {"metric": HEADLINE, "runs": stats, "groups": groups,
+    return {"metric": bench.headline, "selection": bench.selection, "off_target": list(bench.off_target),
+            "runs": stats, "groups": groups,
             "reference": None if ref is None else ref.__dict__, "reference_one_off_flops": one_off}
 
 
@@ -233,11 +237,12 @@ def markdown(report: dict) -> str:
     n_max = max(g["n"] for g in groups)
     seeds = "one seed" if n_max == 1 else f"mean over {n_max} seeds, 95% t-interval in brackets"
     steps = sorted({s["steps"] for s in report["runs"]})
-    lines = [f"Headline: {HEADLINE_LABEL} (`{HEADLINE}`, mean of both directions), {seeds}; "
+    lines = [f"Headline: {HEADLINE_LABEL} (`{report['metric']}`, mean of both directions), {seeds}; "
              f"{'/'.join(str(s) for s in steps)} iterations per run. Speedups are paired by seed: iterations "
              "(total FLOPs, scoring included) the IID run needs to reach its own final R@5 over what this run "
-             "needs. \"best\" is the run's evaluation with the best validation R@5 (`eval/icon_val`, never the "
-             "test set); a best above final means the run peaked and fell back.", "",
+             "needs. \"best\" is the run's evaluation with the best validation R@5 "
+             f"(`{report['selection']}`, never the test set); a best above final means the run peaked and fell "
+             "back.", "",
              "| method | seeds | final R@5 | best R@5 (step) | R@1 | zero-shot top-1 | iters to IID's final | "
              "iteration speedup | FLOP speedup | iters to pass the reference | final ÷ reference |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -263,24 +268,26 @@ def markdown(report: dict) -> str:
         if pay:
             lines.append("Learner runs after which the FLOPs each saves to IID's final R@5 have paid it back: "
                          + ", ".join(pay) + ".")
-    lines += ["", "What steering toward the target gives up — final scores on the off-target evaluation sets "
-              "(chance: emoji zero-shot top-1 0.01, Fashion-MNIST top-1 0.10; retrieval R@5 ≈ 5/set size):", "",
-              "| method | " + " | ".join(OFF_TARGET) + " |", "|---|" + "---|" * len(OFF_TARGET)]
-    for g in groups:
-        lines.append(f"| {g['group']} | " + " | ".join(_cell(g["off_target"][k], ".3f") for k in OFF_TARGET) + " |")
+    off = report["off_target"]
+    if off:
+        lines += ["", "What steering toward the target gives up — final scores on the off-target evaluation sets "
+                  "(chance: emoji zero-shot top-1 0.01, Fashion-MNIST top-1 0.10; retrieval R@5 ≈ 5/set size):", "",
+                  "| method | " + " | ".join(off) + " |", "|---|" + "---|" * len(off)]
+        for g in groups:
+            lines.append(f"| {g['group']} | " + " | ".join(_cell(g["off_target"][k], ".3f") for k in off) + " |")
     return "\n".join(lines)
 
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, reference_run: str | Path | None = None,
-                 reference_cache: str | Path | None = None) -> str:
+                 reference_cache: str | Path | None = None, bench: Benchmark = EMBEDDED) -> str:
     """bootstrap.md, bootstrap.json and bootstrap.png in ``out_dir``; returns the markdown."""
     from jest_ds.reports.bootstrap_plot import plot_bootstrap
 
-    report = bootstrap_report(run_dirs, reference_run, reference_cache)
+    report = bootstrap_report(run_dirs, reference_run, reference_cache, bench)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(report)
-    plot_bootstrap([load_run(d) for d in run_dirs], report, out / "bootstrap.png")
+    plot_bootstrap([load_run(d, bench) for d in run_dirs], report, out / "bootstrap.png")
     (out / "bootstrap.md").write_text(text + "\n\n![R@5 curves](bootstrap.png)\n")
     (out / "bootstrap.json").write_text(json.dumps(_clean(report), indent=2))
     return text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jest_ds.benchmark import HEADLINE, HEADLINE_LABEL
+from jest_ds.benchmark import HEADLINE_LABEL
 from jest_ds.reports.speedup_plot import band
 
 
@@ -24,7 +24,7 @@ def plot_bootstrap(runs, report: dict, path: str | Path) -> None:
         colour = colours[k % len(colours)]
         n = len(members)
         label = f"{group} ({members[0].method}{'' if n == 1 else f', {n} seeds'})"
-        x, mean, lo, hi = band([(m.steps, m.series(HEADLINE)) for m in members])
+        x, mean, lo, hi = band([(m.steps, m.series(report["metric"])) for m in members])
         for ax, xs in ((axes[0], x), (axes[1], None)):
             if xs is None:
                 if not all(f == f for m in members for f in m.flops):
