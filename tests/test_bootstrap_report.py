@@ -20,7 +20,8 @@ def _run(root, name, cfg, evals, flops_per_step, seed=0):
     cfg.setdefault("train", {}).update({"batch_size": 10, "seed": seed})
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = [{"step": s, HEADLINE: r5, SELECTION: val, R1[0]: r5 / 2, R1[1]: r5 / 4, ZEROSHOT_TOP1: 0.1 + r5,
-             "eval/fashion_mnist/top1": 0.5 - r5, "flops/total": s * flops_per_step} for s, r5, val in evals]
+             "eval/fashion_mnist/top1": 0.5 - r5, "eval/fashion_mnist/chance_top1": 0.1,
+             "flops/total": s * flops_per_step} for s, r5, val in evals]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return d
 
@@ -75,6 +76,8 @@ def test_speedups_passing_the_reference_best_evaluation_and_cost(tmp_path):
     text = markdown(rep)
     assert "one seed" in text and "reference (reference, curated set, exported at step 100)" in text
     assert "Fashion-MNIST top-1" in text
+    assert "| jest | — | — | — | -0.100 |" in text  # final 0.5 - 0.6; the sets it never logged are blank
+    assert "| chance | — | — | — | 0.100 |" in text  # the logged chance level
 
 
 def test_seeds_pair_with_their_own_iid_and_give_intervals(tmp_path):

@@ -145,13 +145,21 @@ def run_stats(run: Run, base: Run, ref: Reference | None) -> dict:
            "iter_speedup": None if it in (None, 0) or base_iters is None else base_iters / it,
            "flop_speedup": None if fl in (None, 0) or base_flops is None or base_flops != base_flops else base_flops / fl,
            "base_flops_to_iid": base_flops,
-           "off_target": {label: run.final(key) for label, key in bench.off_target.items()}}
+           "off_target": {label: run.final(key) for label, key in bench.off_target.items()},
+           "off_target_chance": {label: run.final(chance_key(key)) for label, key in bench.off_target.items()}}
     if ref is not None:
         out["iters_to_ref"] = first_reach(run.steps, r5, ref.r5)
         out["flops_to_ref"] = first_reach(run.flops, r5, ref.r5) if all(f == f for f in run.flops) else None
         out["final_over_ref"] = out["final_r5"] / ref.r5 if ref.r5 > 0 else None
         out["best_over_ref"] = out["best_r5"] / ref.r5 if ref.r5 > 0 else None
     return out
+
+
+def chance_key(key: str) -> str:
+    """The logged chance level of a metric: ``eval/<set>/top1`` -> ``chance_top1``, a retrieval
+    headline (mean R@5) -> ``chance_R@5``."""
+    head, last = key.rsplit("/", 1)
+    return f"{head}/chance_{'R@5' if last == 'headline' else last}"
 
 
 STATS = ("final_r5", "best_r5", "best_step", "final_r1", "final_zeroshot", "iters_to_iid", "iter_speedup",
@@ -270,11 +278,13 @@ def markdown(report: dict) -> str:
                          + ", ".join(pay) + ".")
     off = report["off_target"]
     if off:
-        lines += ["", "What steering toward the target gives up — final scores on the off-target evaluation sets "
-                  "(chance: emoji zero-shot top-1 0.01, Fashion-MNIST top-1 0.10; retrieval R@5 ≈ 5/set size):", "",
+        lines += ["", "What steering toward the target gives up — final scores on the evaluation sets outside the "
+                  "target (higher is better):", "",
                   "| method | " + " | ".join(off) + " |", "|---|" + "---|" * len(off)]
         for g in groups:
             lines.append(f"| {g['group']} | " + " | ".join(_cell(g["off_target"][k], ".3f") for k in off) + " |")
+        chance = report["runs"][0]["off_target_chance"]
+        lines.append("| chance | " + " | ".join(_opt(chance.get(k), ".3f") for k in off) + " |")
     return "\n".join(lines)
 
 
