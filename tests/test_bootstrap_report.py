@@ -127,3 +127,9 @@ def test_benchmark_sets_name_the_roles():
     assert Benchmark.from_sets("icon_retrieval,icon_val,icon_zeroshot") == EMBEDDED
     with pytest.raises(ValueError, match="TEST,VAL,ZEROSHOT"):
         Benchmark.from_sets("a,b")
+
+
+def test_figure_titles_say_one_seed():
+    from jest_ds.reports.speedup_plot import seeds_label
+
+    assert seeds_label(1) == "one seed" and seeds_label(3) == "mean over 3 seeds, 95% t-band"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jest_ds.benchmark import HEADLINE_LABEL
-from jest_ds.reports.speedup_plot import band
+from jest_ds.reports.speedup_plot import band, seeds_label
 
 
 def plot_bootstrap(runs, report: dict, path: str | Path) -> None:
@@ -45,8 +45,7 @@ def plot_bootstrap(runs, report: dict, path: str | Path) -> None:
     axes[0].set_xlabel("iterations")
     axes[1].set_xlabel("total FLOPs (scoring included; the reference's one-off cost excluded)")
     axes[0].legend(fontsize=8)
-    seeds = "one seed" if n_max == 1 else f"mean over {n_max} seeds, 95% t-band"
-    fig.suptitle(f"Data-quality bootstrapping on the embedded benchmark ({seeds})")
+    fig.suptitle(f"Data-quality bootstrapping on the embedded benchmark ({seeds_label(n_max)})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -23,6 +23,11 @@ def band(series: list[tuple[list[float], list[float]]]) -> tuple[np.ndarray, np.
     return np.asarray(common, dtype=np.float64), mean, mean - half, mean + half
 
 
+def seeds_label(n_max: int) -> str:
+    """What a figure's curves are: "one seed" when no group has more, else the mean and its band."""
+    return "one seed" if n_max == 1 else f"mean over {n_max} seeds, 95% t-band"
+
+
 def _groups(curves) -> dict[str, list]:
     out: dict[str, list] = {}
     for c in curves:
@@ -65,7 +70,7 @@ def plot_curves(curves, target: float, path: str | Path, metric: str) -> None:
         ax.set_ylabel(f"held-out {metric}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    axes[0].set_title("mean over seeds, 95% t-band (dashed: IID final)")
+    axes[0].set_title(f"{seeds_label(max(len(m) for m in _groups(curves).values()))} (dashed: IID final)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
