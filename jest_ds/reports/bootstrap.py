@@ -163,7 +163,7 @@ def chance_key(key: str) -> str:
 
 
 STATS = ("final_r5", "best_r5", "best_step", "final_r1", "final_zeroshot", "iters_to_iid", "iter_speedup",
-         "flops_to_iid", "flop_speedup", "iters_to_ref", "final_over_ref", "best_over_ref")
+         "flops_to_iid", "flop_speedup", "iters_to_ref", "flops_to_ref", "final_over_ref", "best_over_ref")
 REACH = {"iters_to_iid", "iter_speedup", "flops_to_iid", "flop_speedup"}  # over the seeds that reached IID's final
 
 
@@ -252,7 +252,7 @@ def markdown(report: dict) -> str:
              f"(`{report['selection']}`, never the test set); a best above final means the run peaked and fell "
              "back.", "",
              "| method | seeds | final R@5 | best R@5 (step) | R@1 | zero-shot top-1 | iters to IID's final | "
-             "iteration speedup | FLOP speedup | iters to pass the reference | final ÷ reference |",
+             "iteration speedup | FLOP speedup | iters (FLOPs) to pass the reference | final ÷ reference |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups:
         reach = f" ({g['reached_iid']}/{g['n']} reached)" if g["reached_iid"] < g["n"] else ""
@@ -262,7 +262,8 @@ def markdown(report: dict) -> str:
             f"{_cell(g['best_r5'], '.4f')} ({_cell(g['best_step'], '.0f')}) | {_cell(g['final_r1'], '.4f')} | "
             f"{_cell(g['final_zeroshot'], '.3f')} | {_cell(g['iters_to_iid'], '.0f')}{reach} | "
             f"{_cell(g['iter_speedup'], '.2f', '×')} | {_cell(g['flop_speedup'], '.2f', '×')} | "
-            f"{_cell(g['iters_to_ref'], '.0f') if ref else '—'}{passed} | "
+            f"{_cell(g['iters_to_ref'], '.0f') if ref else '—'}{passed} "
+            f"({_cell(g['flops_to_ref'], '.3g') if ref else '—'} FLOPs) | "
             f"{_cell(g['final_over_ref'], '.2f', '×') if ref else '—'} |")
     if ref:
         lines.append(f"| reference ({ref['name']}, curated set, exported at step {ref['step']}) | 1 | "
