@@ -73,6 +73,10 @@ def test_speedups_passing_the_reference_best_evaluation_and_cost(tmp_path):
     assert rep["reference_one_off_flops"] == pytest.approx(400.0 + cache_flops)
     jest_group = next(g for g in rep["groups"] if g["group"] == "jest")
     assert jest_group["payback_runs"] == pytest.approx((400.0 + cache_flops) / (600.0 - 300.0))
+    # the strongest baseline without selection: the reference (0.30) beats curated's best (0.25) and IID's (0.2)
+    assert rep["strongest"] == {"r5": pytest.approx(0.30), "name": "the reference"}
+    assert by["jest"]["iters_to_strongest"] == pytest.approx(75.0) and by["curated"]["iters_to_strongest"] is None
+    assert next(g for g in rep["groups"] if g["group"] == "curated")["payback_runs"] is None  # uses no reference
     text = markdown(rep)
     assert "one seed" in text and "reference (reference, curated set, exported at step 100)" in text
     assert "Fashion-MNIST top-1" in text
