@@ -12,7 +12,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from jest_ds.config import ConfigError, load_config
+from jest_ds.config import load_config
+from jest_ds.errors import USER_ERRORS, ConfigError
 
 DEBUG_HELP = "on an error, print its traceback before the one-line message (or set JEST_DS_DEBUG=1)"
 CONFIG_HELP = ("experiment YAML: a path or a packaged name (`jest-ds config list`); repeat to merge "
@@ -64,10 +65,11 @@ def _cache_ref(args: argparse.Namespace) -> int:
     import torch
 
     from jest_ds.data.loader import default_num_workers
-    from jest_ds.data.reference_cache import build_cache, default_cache_dir
     from jest_ds.data.shards import resolve_urls
     from jest_ds.data.tokenizer import CaptionTokenizer
     from jest_ds.models.export import TOKENIZER, verified_file
+    from jest_ds.reference.build import build_cache
+    from jest_ds.reference.cache import default_cache_dir
     from jest_ds.train.distributed import device as default_device, world_info
 
     if args.shards:
@@ -121,7 +123,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from jest_ds.models.export import export_checkpoint
+    from jest_ds.train.export import export_checkpoint
 
     digest, step_dir = export_checkpoint(args.checkpoint, args.out, config=args.config or None,
                                          tokenizer_file=args.tokenizer or None)
@@ -130,9 +132,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _data_build(args: argparse.Namespace) -> int:
-    from jest_ds.data.build import run_build
+    from jest_ds.datasets.icons.build import build
+    from jest_ds.datasets.icons.settings import IconsBuild
 
-    run_build(args)
+    build(IconsBuild.from_args(args))
     return 0
 
 
@@ -181,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="the embedded dataset")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     build = data_sub.add_parser("build", help="build the embedded webdataset shards from installed packages")
-    from jest_ds.data.build import add_build_args
+    from jest_ds.datasets.icons.settings import IconsBuild
 
-    add_build_args(build)
+    IconsBuild.add_arguments(build)
     build.set_defaults(func=_data_build)
     tk = data_sub.add_parser("tokenizer", help="train a WordPiece tokenizer on your shards' captions (data.tokenizer)")
     tk.add_argument("--shards", nargs="+", required=True, help="a directory, brace pattern or list of .tar shards")
@@ -295,8 +298,9 @@ def _report(exc: BaseException, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done; 2 bad input (config, files, arguments); 1 a run that had to stop
-    (full disk, read-only directory, non-finite losses). Anything else is a bug: its traceback is kept."""
+    """Exit codes: 0 done; 2 bad input (`jest_ds.errors`: a config value or option, a file's contents,
+    a missing file; argparse's own errors); 1 a run that had to stop (full disk, read-only directory,
+    non-finite losses). Anything else is a bug: it propagates with its traceback (exit 1)."""
     from jest_ds.train.failures import RunAborted
 
     args = build_parser().parse_args(argv)
@@ -306,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunAborted as exc:
         _report(exc, debug)
         return 1
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+    except USER_ERRORS as exc:
         _report(exc, debug)
         return 2
 

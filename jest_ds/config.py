@@ -20,9 +20,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from jest_ds.errors import ConfigError  # noqa: F401  (raised here; imported from here by callers)
 
-class ConfigError(ValueError):
-    """A bad configuration value; its message is one line naming the field."""
 
 
 MIN_VOCAB = 5  # [PAD] [UNK] [CLS] [SEP] [MASK] (jest_ds.data.tokenizer.SPECIAL_TOKENS)
@@ -62,15 +61,20 @@ class DataConfig:
     prefetch_factor: int = 2  # super-batches each worker prepares ahead
 
 
+# The selection scores and pair losses (jest_ds/selection/scores.py and pair_losses.py use these names).
+SCORES = ("learnability", "easy_reference", "hard_learner")
+PAIR_LOSSES = ("sigmoid", "softmax")
+
+
 @dataclass
 class SelectionConfig:
-    method: Literal["iid", "jest", "independent"] = "iid"
-    score: Literal["learnability", "easy_reference", "hard_learner"] = "learnability"
+    method: Literal["iid", "jest", "independent"] = "iid"  # how candidates are chosen (config only)
+    score: Literal[SCORES] = "learnability"  # what they are scored by (selection.ScoreSpec)
     filter_ratio: float = 0.8  # f = 1 - b/B
     n_chunks: int = 16
     gain: float = 100.0
     independent_mode: Literal["topk", "sample"] = "topk"
-    loss: Literal["sigmoid", "softmax"] = "sigmoid"
+    loss: Literal[PAIR_LOSSES] = "sigmoid"  # the pair loss of the scores (jest and independent alike)
     reference: str = ""  # reference checkpoint directory (exported); "" when method == iid
     reference_mode: Literal["cached", "forward"] = "cached"
     reference_zero3: bool = False  # partition the frozen reference with ZeRO-3 instead of replicating it
@@ -523,13 +527,15 @@ def read_ds_config(ref: str) -> dict[str, Any]:
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # torch dtype names
 
 
-def resolved_precision(cfg: ExperimentConfig) -> str:
-    """fp32, bf16 or fp16 for this run (`auto`: bf16 on a GPU that supports it, else fp32)."""
+def resolve_precision(precision: str, device=None) -> str:
+    """fp32, bf16 or fp16 for ``precision`` (``auto``: bf16 on a CUDA device that supports it, else
+    fp32); ``device`` None: the run's device (CUDA when there is one)."""
     import torch
 
-    if cfg.train.precision != "auto":
-        return cfg.train.precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "auto":
+        return precision
+    cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
@@ -555,7 +561,7 @@ def deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
     zero = dict(ds.get("zero_optimization", {}))
     zero["stage"] = cfg.train.zero_stage
     ds["zero_optimization"] = zero
-    precision = resolved_precision(cfg)
+    precision = resolve_precision(cfg.train.precision)
     ds["bf16"] = {"enabled": precision == "bf16"}
     ds["fp16"] = {"enabled": precision == "fp16", **({k: v for k, v in ds.get("fp16", {}).items() if k != "enabled"})}
     ds.setdefault("steps_per_print", 10**9)

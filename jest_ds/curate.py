@@ -20,6 +20,7 @@ import numpy as np
 
 from jest_ds.data.shards import SkipCounter, iter_raw_samples, resolve_urls, write_tar
 from jest_ds.train.selection_record import load_record
+from jest_ds.errors import ConfigError, DataError
 
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 
@@ -52,7 +53,7 @@ def locate_shards(recorded: list[str], shards: str | None) -> dict[str, str]:
     for path in resolve_urls(shards):
         name = Path(path).name
         if name in by_name:
-            raise ValueError(f"--shards {shards}: two shards named {name} ({by_name[name]}, {path})")
+            raise DataError(f"--shards {shards}: two shards named {name} ({by_name[name]}, {path})")
         by_name[name] = path
     out = {}
     for u in recorded:
@@ -68,7 +69,7 @@ def image_extension(data: bytes) -> str:
     with Image.open(io.BytesIO(data)) as im:
         fmt = im.format
     if fmt not in IMAGE_FORMATS:
-        raise ValueError(f"unsupported image format {fmt!r}")
+        raise DataError(f"unsupported image format {fmt!r}")
     return IMAGE_FORMATS[fmt]
 
 
@@ -76,9 +77,9 @@ def export_top(run_dir: str | Path, top: int, out_dir: str | Path, shards: str |
                shard_size: int = 1000) -> dict:
     """Write the run's `top` most-selected examples under `out_dir`; returns the manifest."""
     if top <= 0:
-        raise ValueError(f"--top {top}: must be positive")
+        raise ConfigError(f"--top {top}: must be positive")
     if shard_size <= 0:
-        raise ValueError(f"--shard-size {shard_size}: must be positive")
+        raise ConfigError(f"--shard-size {shard_size}: must be positive")
     run = Path(run_dir)
     ranked = rank_examples(load_record(run), top)
     wanted: dict[str, dict[int, dict]] = {}
@@ -87,7 +88,7 @@ def export_top(run_dir: str | Path, top: int, out_dir: str | Path, shards: str |
     paths = locate_shards(sorted(wanted), shards)
     out = Path(out_dir)
     if (out / "manifest.json").exists() or any(out.glob("top-*.tar")):
-        raise ValueError(f"--out {out}: already holds an export (manifest.json / top-*.tar); choose a new directory")
+        raise ConfigError(f"--out {out}: already holds an export (manifest.json / top-*.tar); choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
     skipped = SkipCounter()
     names: list[str] = []

@@ -18,6 +18,7 @@ from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.models.dual_encoder import DualEncoder
 from jest_ds.models.export import PREPROCESS, TOKENIZER, load_exported, load_run_config, verified_file
 from jest_ds.preprocess import ImagePreprocess
+from jest_ds.errors import ConfigError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,7 +56,7 @@ def create_model_and_transforms(path: str | Path, device: str | torch.device | N
     on `device` (default: the GPU when there is one, else the CPU), with weights in `precision`
     (fp32, bf16 or fp16); `encode_image` / `encode_text` take CPU or device tensors."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision = {precision!r}: must be one of {sorted(PRECISIONS)}")
+        raise ConfigError(f"precision = {precision!r}: must be one of {sorted(PRECISIONS)}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _, _ = load_exported(path, device)

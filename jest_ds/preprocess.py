@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from jest_ds.data.shards import MEAN, STD, prepare_image
+from jest_ds.errors import DataError
 
 # The steps of `prepare_image`, as the spec records them (fixed: only size, mean and std vary).
 FIXED_STEPS = {
@@ -52,15 +53,15 @@ class ImagePreprocess:
     def from_dict(cls, spec: dict, where: str = "preprocess spec") -> "ImagePreprocess":
         for step, value in FIXED_STEPS.items():
             if spec.get(step) != value:
-                raise ValueError(f"{where}: {step} = {spec.get(step)!r}; this jest-ds applies {value!r}")
+                raise DataError(f"{where}: {step} = {spec.get(step)!r}; this jest-ds applies {value!r}")
         size, mean, std = spec.get("image_size"), spec.get("mean"), spec.get("std")
         if not isinstance(size, int) or size < 1:
-            raise ValueError(f"{where}: image_size = {size!r}: must be a positive integer")
+            raise DataError(f"{where}: image_size = {size!r}: must be a positive integer")
         for name, v in (("mean", mean), ("std", std)):
             if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
-                raise ValueError(f"{where}: {name} = {v!r}: must be a list of 3 numbers (R, G, B)")
+                raise DataError(f"{where}: {name} = {v!r}: must be a list of 3 numbers (R, G, B)")
         if any(x <= 0 for x in std):
-            raise ValueError(f"{where}: std = {std!r}: must be positive")
+            raise DataError(f"{where}: std = {std!r}: must be positive")
         return cls(size, tuple(float(x) for x in mean), tuple(float(x) for x in std))
 
     @classmethod

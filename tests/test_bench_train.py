@@ -7,7 +7,7 @@ import yaml
 
 from synthetic_data import tiny_config
 from jest_ds.config import config_from_dict
-from jest_ds.data.reference_cache import build_cache
+from jest_ds.reference.build import build_cache
 from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.train.trainer import Trainer
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from jest_ds.data.build import build_dataset
+from jest_ds.datasets.icons.build import build_dataset
 from jest_ds.data.eval_sets import list_eval_sets, load_eval_set
 from jest_ds.data.loader import SuperBatchLoader
 from jest_ds.data.shards import SkipCounter

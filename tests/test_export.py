@@ -12,8 +12,9 @@ from synthetic_data import TINY_MODEL, tiny_config
 from jest_ds.cli import main
 from jest_ds.config import config_from_dict
 from jest_ds.models import DualEncoder
-from jest_ds.models.export import (ARTEFACT_FILES, CHECKSUMS, TOKENIZER, WEIGHTS, checkpoint_state_dict,
-                                   checksums_text, export_model, gather_state_dict, load_exported)
+from jest_ds.models.export import (ARTEFACT_FILES, CHECKSUMS, TOKENIZER, WEIGHTS, checksums_text, export_model,
+                                   load_exported)
+from jest_ds.train.export import checkpoint_state_dict, gather_state_dict
 from jest_ds.train.trainer import train
 
 

@@ -12,7 +12,8 @@ from jest_ds.cli import main
 from jest_ds.config import config_from_dict
 from jest_ds.losses import global_sigmoid_loss
 from jest_ds.models import DualEncoder
-from jest_ds.models.export import gather_state_dict, load_exported
+from jest_ds.models.export import load_exported
+from jest_ds.train.export import gather_state_dict
 from jest_ds.train.grad_norm import dense_grad_norm
 from jest_ds.train.metrics import ThroughputMeter, read_metrics
 from jest_ds.train.trainer import NonFiniteLossError, Trainer, train

@@ -19,7 +19,7 @@ from jest_ds.train.trainer import train
 @pytest.fixture(scope="module")
 def bf16_cache(synthetic_root, short_reference, tmp_path_factory):
     """The reference's pool embeddings, computed in bf16 (as `jest-ds cache-ref --precision bf16`)."""
-    from jest_ds.data.reference_cache import build_cache
+    from jest_ds.reference.build import build_cache
     from jest_ds.data.tokenizer import CaptionTokenizer
 
     out = tmp_path_factory.mktemp("cache_bf16") / "cache"

@@ -14,8 +14,8 @@ import torch
 from synthetic_data import tiny_config
 from jest_ds.cli import main as cli_main
 from jest_ds.config import config_from_dict
-from jest_ds.data.reference_cache import (HEADER, CacheMismatchError, ReferenceCache, StaleCacheError, build_cache,
-                                          default_cache_dir)
+from jest_ds.reference.build import build_cache
+from jest_ds.reference.cache import HEADER, CacheMismatchError, ReferenceCache, StaleCacheError, default_cache_dir
 from jest_ds.data.shards import SkipCounter, decode_image, iter_raw_samples, resolve_urls, to_tensor, write_tar
 from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.models import DualEncoder

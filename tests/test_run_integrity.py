@@ -140,7 +140,7 @@ def test_forward_reference_reads_captions_with_its_own_tokenizer(synthetic_root,
     from jest_ds.data.shards import Batch
     from jest_ds.data.tokenizer import CaptionTokenizer
     from jest_ds.models.export import load_exported
-    from jest_ds.train.reference import ReferenceScorer
+    from jest_ds.reference.scorer import ReferenceScorer
 
     cfg = config_from_dict(tiny_config(synthetic_root, tmp_path / "run", selection={
         "method": "jest", "reference": str(short_reference), "reference_mode": "forward", "n_chunks": 4}))
@@ -160,7 +160,8 @@ def test_forward_reference_reads_captions_with_its_own_tokenizer(synthetic_root,
 
 
 def test_cache_ref_refuses_a_foreign_tokenizer_and_training_refuses_such_a_cache(short_reference, tmp_path, capsys):
-    from jest_ds.data.reference_cache import HEADER, ReferenceCache, StaleCacheError, build_cache
+    from jest_ds.reference.build import build_cache
+    from jest_ds.reference.cache import HEADER, ReferenceCache, StaleCacheError
     from jest_ds.data.tokenizer import CaptionTokenizer
 
     shards = tmp_path / "shards"

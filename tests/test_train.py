@@ -10,7 +10,8 @@ import torch
 
 from synthetic_data import tiny_config
 from jest_ds.config import config_from_dict
-from jest_ds.data.reference_cache import CacheMismatchError, ReferenceCache, StaleCacheError, build_cache
+from jest_ds.reference.build import build_cache
+from jest_ds.reference.cache import CacheMismatchError, ReferenceCache, StaleCacheError
 from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.models.export import load_exported
 from jest_ds.train.metrics import read_metrics

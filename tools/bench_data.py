@@ -107,14 +107,13 @@ def jest_step_times(values: dict[str, Any], workers: int, steps: int, warmup: in
                 t0 = time.perf_counter()
                 batch = next(batches)
                 t1 = time.perf_counter()
-                trainer.train_step(batch)
+                trainer.train_one_step(batch)
                 t2 = time.perf_counter()
-                trainer.step += 1
                 if i >= warmup:
                     rows.append({"data_s": t1 - t0, "step_s": t2 - t0})
         finally:
             batches.close()
-            trainer.metrics.close()
+            trainer.close()
         resolved_workers = trainer.loader.num_workers
         split = trainer.loader.split
         B = cfg.super_batch_size

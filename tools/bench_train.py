@@ -2,22 +2,19 @@
 
 For each method the tool builds `jest_ds.train.trainer.Trainer` (the real DeepSpeed engine, data
 loader and reference scorer) and drives the same loop body as `Trainer.run`: `next(batches)`, then
-`Trainer.train_step(batch)` UNCHANGED. Timing is added by instance-level wrappers (nothing in
-trainer.py is edited), each with `torch.cuda.synchronize()` before and after on CUDA:
+`Trainer.train_one_step(batch)`. The phases are the trainer's own timer (`Trainer.timer`, a
+`jest_ds.train.metrics.PhaseTimer`: the device is synchronised at both ends of each phase):
 
   data       next(batches)                       (waiting for the loader; decode runs in data.num_workers processes)
   score      Trainer.score                       (learner no-grad forward + reference cache lookup/forward)
   select     Trainer.select                      (joint / independent sampler; 0 for IID)
-  forward    Trainer.forward_backward_step minus backward and optimizer:
-             engine(...) + global sigmoid loss + the loss all-reduce
-  backward   engine.backward                     (wrapped on the engine instance)
-  optimizer  engine.step                         (clip, AdamW, LR schedule, zero_grad)
-  other      the rest of train_step: take() of the chosen rows, FLOP ledger, selection metrics
+  forward    engine(...) + global sigmoid loss + the loss all-reduce
+  backward   engine.backward
+  optimizer  Trainer.apply_gradients             (engine.step: clip, AdamW, LR schedule, zero_grad)
+  other      the rest of the step: take() of the chosen rows, FLOP ledger, selection metrics
 
-`Trainer.forward_backward_step` has no hooks between its three engine calls, so instead of
-re-implementing it the tool replaces `engine.backward` / `engine.step` on the engine INSTANCE by
-timed pass-throughs to the bound originals; forward is the remainder. What `Trainer.run` does
-besides the step (metrics file, eval, checkpoints) is not timed.
+What `Trainer.run` does besides the step (metrics file, eval, checkpoints) is not timed. The tool
+initialises the process group itself, so that it outlives each method's Trainer, and ends it.
 
     python tools/bench_train.py --methods iid,jest,flexi --steps 20 --warmup 3 \\
         --reference runs/tiny_reference/export --reference-cache data/embedded/pool/reference_cache
@@ -41,7 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,6 +46,8 @@ import torch  # noqa: E402
 
 from jest_ds import flops as flop_model  # noqa: E402
 from jest_ds.config import apply_overrides, config_from_dict, load_config, read_config_values  # noqa: E402
+from jest_ds.train.distributed import init_distributed, shutdown  # noqa: E402
+from jest_ds.train.metrics import synchronize  # noqa: E402
 
 PHASES = ("data", "score", "select", "forward", "backward", "optimizer", "other")
 METHODS = {  # selection overrides per benchmarked method
@@ -57,38 +56,6 @@ METHODS = {  # selection overrides per benchmarked method
     "flexi": {"method": "jest", "flexi": True},
     "independent": {"method": "independent", "flexi": False},
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class PhaseTimer:
-    """Accumulates seconds per phase for the current step; `wrap` makes a timed pass-through."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.current: dict[str, float] = {}
-
-    def reset(self) -> None:
-        self.current = {}
-
-    def add(self, phase: str, seconds: float) -> None:
-        self.current[phase] = self.current.get(phase, 0.0) + seconds
-
-    def wrap(self, phase: str, fn: Callable) -> Callable:
-        def timed(*args, **kwargs):
-            _sync(self.device)
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _sync(self.device)
-                self.add(phase, time.perf_counter() - t0)
-
-        timed.__wrapped__ = fn
-        return timed
 
 
 def method_config(base: dict[str, Any], method: str, args, out_dir: Path):
@@ -114,39 +81,25 @@ def bench_method(method: str, base: dict[str, Any], args) -> dict[str, Any]:
         cfg = method_config(base, method, args, Path(tmp))
         trainer = Trainer(cfg, show_progress=False)
         dev = trainer.device
-        timer = PhaseTimer(dev)
-        # Timed pass-throughs on the INSTANCES: Trainer.train_step / forward_backward_step run unchanged.
-        trainer.score = timer.wrap("score", trainer.score)
-        trainer.select = timer.wrap("select", trainer.select)
-        trainer.forward_backward_step = timer.wrap("fb", trainer.forward_backward_step)
-        engine = trainer.engine
-        engine.backward = timer.wrap("backward", engine.backward)
-        engine.step = timer.wrap("optimizer", engine.step)
-
+        timer = trainer.timer
         batches = trainer.batch_generator()
         load_before = os.getloadavg()
         steps: list[dict[str, float]] = []
         losses: list[float] = []
         try:
             for i in range(args.warmup + args.steps):
-                timer.reset()
-                _sync(dev)
+                synchronize(dev)
                 t0 = time.perf_counter()
                 batch = next(batches)
                 t1 = time.perf_counter()
-                record = trainer.train_step(batch)
-                _sync(dev)
+                record = trainer.train_one_step(batch)
+                synchronize(dev)
                 t2 = time.perf_counter()
-                trainer.step += 1
                 if i < args.warmup:
                     continue
-                c = timer.current
-                fb = c.get("fb", 0.0)
-                row = {"step": t2 - t0, "data": t1 - t0, "score": c.get("score", 0.0),
-                       "select": c.get("select", 0.0), "backward": c.get("backward", 0.0),
-                       "optimizer": c.get("optimizer", 0.0)}
-                row["forward"] = fb - row["backward"] - row["optimizer"]
-                row["other"] = (t2 - t1) - row["score"] - row["select"] - fb
+                row = {"step": t2 - t0, "data": t1 - t0,
+                       **{p: timer.get(p) for p in ("score", "select", "forward", "backward", "optimizer")}}
+                row["other"] = (t2 - t1) - sum(row[p] for p in ("score", "select", "forward", "backward", "optimizer"))
                 steps.append(row)
                 losses.append(float(record["loss"]))
             load_after = os.getloadavg()
@@ -158,8 +111,8 @@ def bench_method(method: str, base: dict[str, Any], args) -> dict[str, Any]:
             if dev.type == "cuda" and args.peak_flops is None and peak is None:
                 logging.warning("unknown GPU %r: pass --peak-flops for MFU", device_name)
         finally:
-            trainer.metrics.close()  # not trainer.close(): a multi-rank group must survive until the last method
-            del trainer, engine
+            trainer.close()  # the process group is the tool's (main), so it survives until the last method
+            del trainer
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -261,14 +214,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("DeepSpeed", "deepspeed"):
         logging.getLogger(name).setLevel(logging.WARNING)
     base = apply_overrides(read_config_values(args.config), args.set)
-    load_config(args.config, args.set)  # validate the base config once, with its own error messages
+    base_cfg = load_config(args.config, args.set)  # validate the base config once, with its own error messages
     selecting = [m for m in args.method_list if m != "iid"]
     if selecting and not Path(args.reference).is_dir():
         raise SystemExit(f"--methods {','.join(selecting)} needs a reference: {args.reference!r} is not a directory "
                          "(train one and `jest-ds cache-ref` it, see docs/benchmarks.md; or --methods iid)")
 
     info = machine_info()
-    rank = int(os.environ.get("RANK", 0))
+    rank, _ = init_distributed(base_cfg.train.collective_timeout_s)
     results = []
     for m in args.method_list:
         results.append(bench_method(m, base, args))
@@ -300,6 +253,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        from jest_ds.train.distributed import shutdown
-
-        shutdown()
+        shutdown()  # the group main() initialised

@@ -1,4 +1,4 @@
-"""Data layer: embedded dataset builder, shard I/O, the training order and loader, tokenizer,
+"""Data layer: shard I/O, the training order and loader, tokenizer,
 evaluation sets."""
 
 from .eval_sets import EvalSet, list_eval_sets, load_eval_set

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jest_ds.errors import DataError
+
 
 def stats_file(url: str) -> Path:
     """``<dir>/00000.tar`` -> ``<dir>/00000_stats.json`` (img2dataset's name)."""
@@ -33,7 +35,7 @@ def from_stats_files(urls: list[str]) -> int | None:
         try:
             total += int(json.loads(f.read_text())["successes"])
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{f}: not an img2dataset stats file with an integer 'successes' ({e})") from None
+            raise DataError(f"{f}: not an img2dataset stats file with an integer 'successes' ({e})") from None
     return total
 
 

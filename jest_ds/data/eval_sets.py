@@ -26,6 +26,8 @@ import torch
 
 from .shards import IMAGE_EXTS, SkipCounter, decode_image, iter_raw_samples, resolve_urls, to_tensor, write_tar
 
+from jest_ds.errors import DataError
+
 TASKS = ("zeroshot", "retrieval")
 DEFAULT_TEMPLATES = ("a photo of {}.",)  # CLIP's plain prompt, for a zero-shot set without templates
 SPEC_FILE = "eval.json"
@@ -50,18 +52,18 @@ class EvalSet:
 def check_template(template: Any, where: str) -> str:
     """A zero-shot template must be a string with exactly one ``{}`` (where the class name goes)."""
     if not isinstance(template, str):
-        raise ValueError(f"{where}: template {template!r} must be a string with one {{}} for the class name")
+        raise DataError(f"{where}: template {template!r} must be a string with one {{}} for the class name")
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:  # e.g. a lone "{" or "}"
-        raise ValueError(f"{where}: template {template!r} is not a format string ({exc}); "
+        raise DataError(f"{where}: template {template!r} is not a format string ({exc}); "
                          "write {} for the class name and {{ }} for literal braces") from None
     named = [name for name in fields if name != ""]
     if named:
-        raise ValueError(f"{where}: template {template!r} has a named field {{{named[0]}}}; "
+        raise DataError(f"{where}: template {template!r} has a named field {{{named[0]}}}; "
                          "use {} for the class name")
     if len(fields) != 1:
-        raise ValueError(f"{where}: template {template!r} must contain exactly one {{}} for the class name, "
+        raise DataError(f"{where}: template {template!r} must contain exactly one {{}} for the class name, "
                          f"found {len(fields)}")
     return template
 
@@ -69,18 +71,18 @@ def check_template(template: Any, where: str) -> str:
 def check_spec(spec: Any, where: str) -> dict[str, Any]:
     """The validated ``eval.json`` content: {"task", "classes", "templates"} (templates defaulted)."""
     if not isinstance(spec, dict):
-        raise ValueError(f"{where}: must hold a JSON object with 'task'")
+        raise DataError(f"{where}: must hold a JSON object with 'task'")
     task = spec.get("task")
     if task not in TASKS:
-        raise ValueError(f"{where}: task must be 'zeroshot' or 'retrieval', got {task!r}")
+        raise DataError(f"{where}: task must be 'zeroshot' or 'retrieval', got {task!r}")
     classes, templates = spec.get("classes"), spec.get("templates")
     if task == "zeroshot":
         if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-            raise ValueError(f"{where}: a zeroshot set needs 'classes', a non-empty list of class names")
+            raise DataError(f"{where}: a zeroshot set needs 'classes', a non-empty list of class names")
         if templates is None or templates == []:
             templates = list(DEFAULT_TEMPLATES)
         if not isinstance(templates, list):
-            raise ValueError(f"{where}: 'templates' must be a list of strings, got {templates!r}")
+            raise DataError(f"{where}: 'templates' must be a list of strings, got {templates!r}")
         templates = [check_template(t, where) for t in templates]
     return {"task": task, "classes": list(classes) if task == "zeroshot" else None,
             "templates": templates if task == "zeroshot" else None}
@@ -94,7 +96,7 @@ def read_spec(directory: str | Path) -> dict[str, Any]:
     try:
         spec = json.loads(spec_f.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"eval set {d.name!r} ({spec_f}): not valid JSON: {exc}") from None
+        raise DataError(f"eval set {d.name!r} ({spec_f}): not valid JSON: {exc}") from None
     return check_spec(spec, f"eval set {d.name!r} ({spec_f})")
 
 
@@ -175,7 +177,7 @@ def load_eval_set(directory: str | Path, image_size: int, skipped: SkipCounter |
             labels.append(label)
     mine = {k: v - before.get(k, 0) for k, v in skipped.counts.items() if v - before.get(k, 0)}
     if not keys:
-        raise ValueError(f"eval set {d.name!r} ({d}) has no usable samples (skipped: {mine})")
+        raise DataError(f"eval set {d.name!r} ({d}) has no usable samples (skipped: {mine})")
     return EvalSet(
         name=d.name, task=task, images=to_tensor(arrs), captions=caps,
         labels=torch.tensor(labels, dtype=torch.long) if task == "zeroshot" else None,
@@ -205,13 +207,13 @@ def write_eval_set(directory: str | Path, task: str, samples: Iterable[dict[str,
     for s in samples:
         ext = s.get("ext", "png")
         if ext not in IMAGE_EXTS:
-            raise ValueError(f"eval set {d.name!r}: sample {n}: ext {ext!r} must be one of {IMAGE_EXTS}")
+            raise DataError(f"eval set {d.name!r}: sample {n}: ext {ext!r} must be one of {IMAGE_EXTS}")
         key = str(s.get("key", f"{n:08d}"))
         meta = {"key": key}
         if task == "zeroshot":
             label = s.get("label")
             if not isinstance(label, int) or not 0 <= label < len(classes):
-                raise ValueError(f"eval set {d.name!r}: sample {key}: label {label!r} is not an index into "
+                raise DataError(f"eval set {d.name!r}: sample {key}: label {label!r} is not an index into "
                                  f"the {len(classes)} classes")
             meta["label"] = label
         shard.append((key, {ext: s["image"], "txt": str(s.get("caption", "")).encode(),

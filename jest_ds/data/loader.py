@@ -40,6 +40,8 @@ from .counts import count_samples
 from .order import EventLog, OwnedBatch, Position, resolve_split, sample_mode_batches, shard_mode_batches
 from .shards import Batch, SkipCounter, decode_image, image_ok, iter_raw_samples, resolve_urls, to_tensor
 
+from jest_ds.errors import ConfigError, DataError
+
 log = logging.getLogger("jest_ds.data")
 
 
@@ -160,7 +162,7 @@ class SuperBatchLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         if num_workers < -1:
-            raise ValueError(f"config error: data.num_workers = {num_workers}: must be >= 0, or -1 for the core count")
+            raise ConfigError(f"config error: data.num_workers = {num_workers}: must be >= 0, or -1 for the core count")
         self.urls = resolve_urls(urls)
         if isinstance(tokenizer, (str, Path)):
             from .tokenizer import CaptionTokenizer
@@ -177,7 +179,7 @@ class SuperBatchLoader:
         self.num_samples, count_source = count_samples(self.urls, num_samples)
         super_batch = batch_size * world_size
         if self.num_samples is not None and self.num_samples < super_batch:
-            raise ValueError(f"{self.num_samples} samples ({count_source}) are too few for a super-batch of "
+            raise DataError(f"{self.num_samples} samples ({count_source}) are too few for a super-batch of "
                              f"{super_batch} (shards: {self.urls[0]}{' …' if len(self.urls) > 1 else ''})")
         if self.plan.split == "shard" and self.num_samples is not None \
                 and self.num_samples // (world_size * workers) < batch_size:
@@ -224,13 +226,13 @@ class SuperBatchLoader:
     def load_state_dict(self, state: dict) -> None:
         p = self.plan
         if state["split"] != p.split:
-            raise ValueError(f"the checkpoint's data order is split by {state['split']}, this run's by {p.split}: "
+            raise DataError(f"the checkpoint's data order is split by {state['split']}, this run's by {p.split}: "
                              f"set data.split = {state['split']} to resume")
         if state["seed"] != p.seed:
-            raise ValueError(f"the checkpoint's data order has seed {state['seed']}, this run {p.seed}: "
+            raise DataError(f"the checkpoint's data order has seed {state['seed']}, this run {p.seed}: "
                              f"set train.seed = {state['seed']} to resume")
         if p.split == "shard" and (state["world_size"], state["workers"]) != (p.world_size, p.workers):
-            raise ValueError(
+            raise DataError(
                 f"the checkpoint's data order deals shards to {state['world_size']} rank(s) × {state['workers']} "
                 f"worker(s), this run to {p.world_size} × {p.workers}: resume with the same world size and "
                 f"data.num_workers")

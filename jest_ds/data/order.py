@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable, Iterable, Iterator
 
+from jest_ds.errors import ConfigError, DataError
+
 SkipEvent = tuple[str, str]  # (reason, detail)
 
 
@@ -138,13 +140,13 @@ def resolve_split(split: str, n_shards: int, n_slots: int) -> str:
         return "sample"
     if split == "shard":
         if n_shards < n_slots:
-            raise ValueError(
+            raise ConfigError(
                 f"config error: data.split = 'shard': {n_shards} shard(s) are fewer than ranks × workers "
                 f"({n_slots}); use data.split=sample or fewer data.num_workers")
         return "shard"
     if split == "auto":
         return "shard" if n_shards >= n_slots else "sample"
-    raise ValueError(f"config error: data.split = {split!r}: must be auto, shard or sample")
+    raise ConfigError(f"config error: data.split = {split!r}: must be auto, shard or sample")
 
 
 def shuffled(items: Iterable[dict], size: int, rng: random.Random) -> Iterator[dict]:
@@ -198,17 +200,17 @@ def stream(epoch_items: EpochItems, start: Position, *,
                 yield StreamItem(sample, Position(epoch, n), events)
             n += 1
         if n < skip:
-            raise ValueError(f"resume position (epoch {epoch}, item {skip}) is past the end of that epoch "
+            raise DataError(f"resume position (epoch {epoch}, item {skip}) is past the end of that epoch "
                              f"({n} items) in {what}: the training shards changed since the checkpoint")
         if n == 0:
             empty += 1
             if empty > max_empty_epochs:
-                raise ValueError(f"no valid sample in {what} for {empty} epoch(s) in a row "
+                raise DataError(f"no valid sample in {what} for {empty} epoch(s) in a row "
                                  f"(skipped: {_summary(log.pending)})")
         else:
             empty = 0
             if n < min_epoch_items:
-                raise ValueError(f"{n} valid samples in {what} are too few for a super-batch of {min_epoch_items}")
+                raise DataError(f"{n} valid samples in {what} are too few for a super-batch of {min_epoch_items}")
         epoch, skip = epoch + 1, 0
 
 

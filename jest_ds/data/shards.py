@@ -27,6 +27,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from jest_ds.atomic import atomic_write
+from jest_ds.errors import DataError
+
 log = logging.getLogger("jest_ds.data")
 
 MEAN = 0.5
@@ -40,9 +43,10 @@ def write_tar(path: str | Path, samples: Iterable[tuple[str, dict[str, bytes]]])
     names, order as given). Returns the number of samples."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with open(tmp, "wb") as raw:
+
+    def write(raw) -> None:
+        nonlocal n
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
             for key, parts in samples:
                 if "." in key or "/" in key:
@@ -57,7 +61,8 @@ def write_tar(path: str | Path, samples: Iterable[tuple[str, dict[str, bytes]]])
                     ti.uname = ti.gname = ""
                     tf.addfile(ti, io.BytesIO(data))
                 n += 1
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
     return n
 
 
@@ -86,6 +91,11 @@ class SkipCounter:
     def as_dict(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))
 
+    state_dict = as_dict  # a checkpoint's stateful part (jest_ds/train/checkpoint.py)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.counts = dict(state)
+
     def __getitem__(self, reason: str) -> int:
         return self.counts.get(reason, 0)
 
@@ -112,7 +122,7 @@ def resolve_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
     """A directory (its ``*.tar``, sorted), a brace pattern / glob, a file, or a list of those."""
     if isinstance(urls, (list, tuple)):
         if not urls:
-            raise ValueError("no shard urls given (empty list)")
+            raise DataError("no shard urls given (empty list)")
         out: list[str] = []
         for u in urls:
             out.extend(resolve_urls(u))
@@ -122,7 +132,7 @@ def resolve_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
     if p.is_dir():
         tars = sorted(str(x) for x in p.glob("*.tar"))
         if not tars:
-            raise ValueError(f"no .tar shards in directory: {p}")
+            raise DataError(f"no .tar shards in directory: {p}")
         return tars
     if p.is_file():
         return [s]

@@ -16,6 +16,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from jest_ds.errors import ConfigError, DataError
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -57,9 +59,9 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str | Path |
     chars = sorted({ch for w in counts for ch in w})
     vocab_list = list(SPECIAL_TOKENS) + chars + ["##" + ch for ch in chars]
     if not chars:
-        raise ValueError("no words in the captions to build a tokenizer from")
+        raise DataError("no words in the captions to build a tokenizer from")
     if vocab_size < len(vocab_list):
-        raise ValueError(f"--vocab-size {vocab_size}: must be at least {len(vocab_list)} for these captions "
+        raise ConfigError(f"--vocab-size {vocab_size}: must be at least {len(vocab_list)} for these captions "
                          f"({len(SPECIAL_TOKENS)} special tokens + 2 x {len(chars)} characters, so that no word is "
                          "[UNK])")
     have = set(vocab_list)
@@ -100,7 +102,7 @@ def train_tokenizer_from_shards(shards, vocab_size: int, path: str | Path, max_c
     samples = iter_raw_samples(urls, skipped, check_png=False)
     captions = [s["caption"] for s in (islice(samples, max_captions) if max_captions > 0 else samples)]
     if not captions:
-        raise ValueError(f"no readable captions in the shards ({urls[0]}{' …' if len(urls) > 1 else ''})")
+        raise DataError(f"no readable captions in the shards ({urls[0]}{' …' if len(urls) > 1 else ''})")
     tok = train_tokenizer(captions, vocab_size, path, min_frequency=min_frequency)
     return tok, {"path": str(path), "vocab_size": tok.vocab_size, "captions": len(captions), "shards": len(urls),
                  "skipped": skipped.as_dict()}
@@ -114,11 +116,11 @@ class CaptionTokenizer:
         self.pad_id = 0
         missing = [t for t in SPECIAL_TOKENS[:4] if tokenizer.token_to_id(t) is None]
         if missing:
-            raise ValueError(f"not a caption tokenizer: no {', '.join(missing)} token (make one with "
+            raise DataError(f"not a caption tokenizer: no {', '.join(missing)} token (make one with "
                              "`jest-ds data tokenizer`)")
         pad = tokenizer.token_to_id("[PAD]")
         if pad != 0:
-            raise ValueError(f"tokenizer's [PAD] id is {pad}, expected 0")
+            raise DataError(f"tokenizer's [PAD] id is {pad}, expected 0")
         self.cls_id = tokenizer.token_to_id("[CLS]")
         self.sep_id = tokenizer.token_to_id("[SEP]")
         self.unk_id = tokenizer.token_to_id("[UNK]")
@@ -133,11 +135,11 @@ class CaptionTokenizer:
         try:
             tok = Tokenizer.from_file(str(path))
         except Exception as exc:  # the Rust library raises a bare Exception for any file it cannot parse
-            raise ValueError(f"{path} is not a tokenizer.json ({' '.join(str(exc).split())[:120]})") from None
+            raise DataError(f"{path} is not a tokenizer.json ({' '.join(str(exc).split())[:120]})") from None
         try:
             return cls(tok)
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise DataError(f"{path}: {exc}") from None
 
     def fingerprint(self) -> str:
         """sha256 of the tokenizer's canonical serialisation (without the truncation and padding

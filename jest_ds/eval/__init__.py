@@ -17,6 +17,7 @@ from jest_ds.eval.linear_probe import few_shot_accuracy
 from jest_ds.eval.retrieval import retrieval_metrics
 from jest_ds.eval.validation import validation_loss
 from jest_ds.eval.zeroshot import class_embeddings, prompts, topk_accuracy
+from jest_ds.errors import DataError
 
 
 def evaluate_set(model, es, tokenizer, context_length: int, device, batch_size: int = 256,
@@ -54,7 +55,7 @@ def evaluate_set(model, es, tokenizer, context_length: int, device, batch_size: 
         out.update(validation_loss(img, txt, enc.log_scale.detach().float().cpu(), enc.bias.detach().float().cpu(),
                                    batch_size=b))
     else:
-        raise ValueError(f"evaluation set {es.name}: unknown task {es.task!r}")
+        raise DataError(f"evaluation set {es.name}: unknown task {es.task!r}")
     out["skipped"] = float(sum(es.skipped.values()))  # samples of the set that could not be loaded
     return out
 

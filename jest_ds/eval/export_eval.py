@@ -14,6 +14,7 @@ import torch
 from jest_ds.data.eval_sets import load_eval_set
 from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.eval import evaluate
+from jest_ds.errors import ConfigError, DataError
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -21,9 +22,9 @@ DEVICES = ("auto", "cpu", "cuda")
 def pick_device(name: str) -> torch.device:
     """`auto`: the GPU when there is one, else the CPU; `cuda` without a GPU is an error."""
     if name not in DEVICES:
-        raise ValueError(f"--device {name!r}: must be one of {DEVICES}")
+        raise ConfigError(f"--device {name!r}: must be one of {DEVICES}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
@@ -32,7 +33,7 @@ def pick_device(name: str) -> torch.device:
 def check_tokenizer(tokenizer: CaptionTokenizer, vocab_size: int, where: str) -> None:
     """Refuse a tokenizer whose vocabulary is not the model's (its ids would index other embeddings)."""
     if tokenizer.vocab_size != vocab_size:
-        raise ValueError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
+        raise DataError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
                          f"(model.vocab_size) is {vocab_size}: not the tokenizer this model was trained with")
 
 
@@ -45,7 +46,7 @@ def evaluate_export(model_dir: str | Path, set_dirs: list[Path], device: str = "
     names = [Path(d).name for d in set_dirs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # metrics are keyed by the set's directory name
-        raise ValueError(f"two evaluation sets are named {twice[0]!r}: "
+        raise DataError(f"two evaluation sets are named {twice[0]!r}: "
                          f"{[str(d) for d in set_dirs if Path(d).name == twice[0]]}")
     dev = pick_device(device)
     model, cfg, digest = load_exported(model_dir, dev)

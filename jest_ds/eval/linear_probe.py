@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from jest_ds.errors import DataError
+
 
 def split_shots(labels: torch.Tensor, shots: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`shots` training examples per class (classes with fewer than shots+1 examples are dropped); the rest test."""
@@ -17,7 +19,7 @@ def split_shots(labels: torch.Tensor, shots: int, seed: int = 0) -> tuple[torch.
         train.append(idx[:shots])
         test.append(idx[shots:])
     if not train:
-        raise ValueError(f"linear probe: no class has more than {shots} examples")
+        raise DataError(f"linear probe: no class has more than {shots} examples")
     return torch.cat(train), torch.cat(test)
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from jest_ds.errors import DataError
+
 
 CHUNK_ROWS = 1024
 
@@ -55,7 +57,7 @@ def validation_loss(img: torch.Tensor, txt: torch.Tensor, log_scale, bias, batch
     when ``batch_size`` (the training batch size b) is given (see the module docstring)."""
     n = img.shape[0]
     if batch_size and not 1 < batch_size <= n:
-        raise ValueError(f"validation loss at batch size {batch_size}: needs 1 < b <= n = {n} held-out pairs")
+        raise DataError(f"validation loss at batch size {batch_size}: needs 1 < b <= n = {n} held-out pairs")
     pos, neg = sigmoid_pair_loss_sums(img, txt, log_scale, bias, chunk_rows)
     out = {"val_loss": (pos + neg) / (n * n), "val_loss_pos": pos / n,
            "val_loss_neg": neg / (n * (n - 1)) if n > 1 else float("nan")}

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
-from jest_ds.data.reference_cache import ReferenceCache, default_cache_dir
+from jest_ds.config import PRECISION_DTYPES, ExperimentConfig, resolve_precision
 from jest_ds.data.tokenizer import CaptionTokenizer
-from jest_ds.config import PRECISION_DTYPES, ExperimentConfig, resolved_precision
 from jest_ds.models.export import TOKENIZER, load_exported, verified_file
+from jest_ds.reference.cache import ReferenceCache, default_cache_dir
 from jest_ds.selection import Embeddings
+from jest_ds.errors import ConfigError
 
 
 def cache_dir(cfg: ExperimentConfig, train_urls: Sequence[str]) -> Path:
@@ -23,10 +25,15 @@ class ReferenceScorer:
 
     The reference reads captions with ITS OWN tokenizer (the export's tokenizer.json): a forward
     re-tokenises the batch's captions unless the run's tokenizer is the same one, and a cache is
-    accepted only if it was made with that tokenizer."""
+    accepted only if it was made with that tokenizer.
+
+    ``partition``: how the training side partitions the frozen reference over the ranks
+    (``selection.reference_zero3`` with a world size > 1; `jest_ds.train.engine.build_frozen_engine`),
+    given the model, returning the module to call."""
 
     def __init__(self, cfg: ExperimentConfig, train_urls: Sequence[str], device: torch.device, world_size: int,
-                 tokenizer: CaptionTokenizer | None = None):
+                 tokenizer: CaptionTokenizer | None = None,
+                 partition: Callable[[nn.Module], nn.Module] | None = None):
         s = cfg.selection
         self.mode = "none"
         self.model = None
@@ -48,14 +55,15 @@ class ReferenceScorer:
             self.mode = "cached"
         else:
             if ref_cfg.model.image_size != cfg.model.image_size:
-                raise ValueError(f"reference {s.reference}: image_size {ref_cfg.model.image_size} differs from "
+                raise ConfigError(f"reference {s.reference}: image_size {ref_cfg.model.image_size} differs from "
                                  f"the learner's {cfg.model.image_size}; the uncached forward needs the same")
             if s.reference_zero3 and world_size > 1:
-                from jest_ds.train.engine import build_frozen_engine
-
-                model = build_frozen_engine(cfg, model, world_size)
+                if partition is None:
+                    raise ValueError("selection.reference_zero3 with several ranks: the reference scorer needs the "
+                                     "training side's partition (jest_ds.train.engine.build_frozen_engine)")
+                model = partition(model)
             else:  # a replicated reference runs in the run's precision too (its outputs are upcast below)
-                model = model.to(getattr(torch, PRECISION_DTYPES[resolved_precision(cfg)]))
+                model = model.to(getattr(torch, PRECISION_DTYPES[resolve_precision(cfg.train.precision)]))
             self.model = model
             self.mode = "forward"
             same = (tokenizer is not None and tokenizer.fingerprint() == ref_tokenizer.fingerprint()

@@ -5,12 +5,12 @@ Pure tensor code (no DeepSpeed). See docs/selection.md.
 from .baselines import gibbs_sample, independent_sample, uniform_sample
 from .joint_sampler import gumbel_noise, gumbel_topk, joint_sample, joint_sample_from_scores, plan_draws
 from .pair_losses import Embeddings, diag_nll, pair_nll, sigmoid_pair_nll, softmax_pair_nll
-from .scores import (METHODS, ConditionalScorer, batch_score, batch_score_from_embeddings,
+from .scores import (METHODS, SCORES, ConditionalScorer, ScoreSpec, batch_score, batch_score_from_embeddings,
                      diagonal_scores, score_matrix)
 
 __all__ = [
     "Embeddings", "sigmoid_pair_nll", "softmax_pair_nll", "pair_nll", "diag_nll",
-    "METHODS", "score_matrix", "diagonal_scores", "batch_score", "batch_score_from_embeddings",
+    "METHODS", "SCORES", "ScoreSpec", "score_matrix", "diagonal_scores", "batch_score", "batch_score_from_embeddings",
     "ConditionalScorer", "joint_sample_from_scores", "joint_sample", "gumbel_noise", "gumbel_topk",
     "plan_draws", "independent_sample", "uniform_sample", "gibbs_sample", "distributed_joint_sample",
 ]

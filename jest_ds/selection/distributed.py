@@ -25,7 +25,7 @@ from jest_ds.collectives import all_gather_cat
 
 from .joint_sampler import _STRIP_ELEMENTS, _eligible, cpu_threads, gumbel_noise, gumbel_topk, plan_draws
 from .pair_losses import Embeddings, check_loss
-from .scores import ConditionalScorer
+from .scores import ConditionalScorer, ScoreSpec, resolve_spec
 
 
 def _check_layout(scorer, eligible, group) -> torch.Tensor:
@@ -42,10 +42,13 @@ def distributed_joint_sample(local_learner: Optional[Embeddings], local_referenc
                              gain: float = 1.0, generator: Optional[torch.Generator] = None,
                              quota: bool = True, group=None, local_mask: Optional[torch.Tensor] = None,
                              loss: str = "sigmoid", score_dtype: torch.dtype = torch.float32,
-                             chunk_rows: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                             chunk_rows: Optional[int] = None, *, spec: Optional[ScoreSpec] = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint sampling over a super-batch split across ranks; see the module docstring.
 
+    ``spec``: the score, gain and loss as one `ScoreSpec` (instead of ``method``, ``gain``, ``loss``).
     On CPU it runs with at most ``joint_sampler.CPU_THREADS`` intra-op threads."""
+    method, gain, loss = resolve_spec(spec, method, gain, loss)
     check_loss(loss)
     probe = local_learner if local_learner is not None else local_reference
     with cpu_threads(probe.img.device):

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from .pair_losses import Embeddings, check_loss
-from .scores import ConditionalScorer
+from .scores import ConditionalScorer, ScoreSpec, resolve_spec
 
 _STRIP_ELEMENTS = 1 << 24  # default cap on a (rows x B) strip, float64 elements
 
@@ -139,14 +139,16 @@ def joint_sample(learner: Optional[Embeddings], reference: Optional[Embeddings],
                  n_chunks: int = 16, method: str = "learnability", gain: float = 1.0,
                  generator: Optional[torch.Generator] = None, mask: Optional[torch.Tensor] = None,
                  quota: Optional[int] = None, loss: str = "sigmoid", chunk_rows: Optional[int] = None,
-                 score_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 score_dtype: torch.dtype = torch.float32, *, spec: Optional[ScoreSpec] = None) -> torch.Tensor:
     """Fast Algorithm 1 from embeddings: O(B b d) work, O(B b / N) memory, never B x B.
 
     Returns the same indices as ``joint_sample_from_scores(score_matrix(pair_nll(...)))`` for
     the same generator state (see docs/selection.md for the exactness contract).
     ``chunk_rows`` caps rows per strip (default: a strip holds at most 2^24 float64s).
     On CPU it runs with at most ``CPU_THREADS`` intra-op threads (see above).
+    ``spec``: the score, gain and loss as one `ScoreSpec` (instead of ``method``, ``gain``, ``loss``).
     """
+    method, gain, loss = resolve_spec(spec, method, gain, loss)
     check_loss(loss)
     probe = learner if learner is not None else reference
     with cpu_threads(probe.img.device if probe is not None else "cpu"):

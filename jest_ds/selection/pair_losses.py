@@ -18,10 +18,12 @@ from __future__ import annotations
 from typing import NamedTuple, Optional, Union
 
 import torch
+
+from jest_ds.config import PAIR_LOSSES
 import torch.nn.functional as F
 
 Scalar = Union[torch.Tensor, float]
-LOSSES = ("sigmoid", "softmax")
+LOSSES = PAIR_LOSSES
 
 
 class Embeddings(NamedTuple):

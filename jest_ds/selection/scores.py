@@ -8,19 +8,47 @@ The learnability of a batch 𝔅 is s(𝔅) = sum_{i, j in 𝔅} S_ij.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from jest_ds.config import SCORES
+
 from .pair_losses import Embeddings, affine, check_loss, compute_dtype, diag_logits, diag_nll, nll_strips
 
-METHODS = ("learnability", "easy_reference", "hard_learner")
+METHODS = SCORES  # the score names (jest_ds/config.py); `method` in this module's signatures is the score
 
 
 def check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown score method {method!r}; expected one of {METHODS}")
     return method
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """What a selection scores candidates by: the score (one of SCORES), its gain, and the pair loss
+    (sigmoid or softmax). One object for every sampler (`joint_sample`, `distributed_joint_sample`,
+    `diagonal_scores`: their ``spec=``), built from the config by `ScoreSpec.of(cfg.selection)`."""
+    score: str = "learnability"
+    gain: float = 1.0
+    loss: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        check_method(self.score)
+        check_loss(self.loss)
+
+    @classmethod
+    def of(cls, selection) -> "ScoreSpec":
+        """From a `jest_ds.config.SelectionConfig` (its score, gain and loss)."""
+        return cls(selection.score, float(selection.gain), selection.loss)
+
+
+
+def resolve_spec(spec: Optional[ScoreSpec], method: str, gain: float, loss: str) -> tuple[str, float, str]:
+    """(score, gain, loss): the spec's when one is given, else the separate arguments."""
+    return (method, gain, loss) if spec is None else (spec.score, spec.gain, spec.loss)
 
 
 def models_needed(method: str) -> tuple[bool, bool]:
@@ -52,8 +80,10 @@ def _check_models(learner, reference, method):
 
 
 def diagonal_scores(learner: Optional[Embeddings], reference: Optional[Embeddings],
-                    method: str = "learnability", gain: float = 1.0, loss: str = "sigmoid") -> torch.Tensor:
+                    method: str = "learnability", gain: float = 1.0, loss: str = "sigmoid", *,
+                    spec: Optional[ScoreSpec] = None) -> torch.Tensor:
     """Self-pair scores S_ii in O(B d), float64 (the independent-selection scores)."""
+    method, gain, loss = resolve_spec(spec, method, gain, loss)
     learner, reference = _check_models(learner, reference, method)
     nl = diag_nll(learner, loss) if learner is not None else None
     nr = diag_nll(reference, loss) if reference is not None else None

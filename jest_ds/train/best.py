@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from jest_ds.errors import ConfigError, UnknownMetricError
+
 
 class BestTracker:
     def __init__(self, metric: str = "", mode: str = "min", patience: int = 0):
         if mode not in ("min", "max"):
-            raise ValueError(f"eval.best_mode = {mode!r}: must be min or max")
+            raise ConfigError(f"eval.best_mode = {mode!r}: must be min or max")
         self.metric, self.mode, self.patience = metric, mode, patience
         self.value = math.inf if mode == "min" else -math.inf
         self.step = -1
@@ -29,7 +31,7 @@ class BestTracker:
         """Record one evaluation; True when it is the best so far (ties keep the earlier one)."""
         if self.metric not in metrics:
             have = ", ".join(sorted(k for k in metrics if k.startswith("eval/")))
-            raise KeyError(f"eval.best_metric = {self.metric!r}: not among the evaluation metrics ({have})")
+            raise UnknownMetricError(f"eval.best_metric = {self.metric!r}: not among the evaluation metrics ({have})")
         v = float(metrics[self.metric])
         if math.isfinite(v) and (v < self.value if self.mode == "min" else v > self.value):
             self.value, self.step, self.evals_since = v, step, 0

@@ -2,7 +2,9 @@
 
 Layout: <out>/checkpoints/step_00000120/ holds DeepSpeed's files, one
 `rank_<r>.pt` per rank (data position, RNG states) and `trainer.json`
-(step, ledger, counters). The directory only counts once rank 0 has written
+(step, ledger, counters). What goes into the two files is one mapping of stateful parts
+(`States`, as torchtitan's `CheckpointManager(states=...)`): each part has `state_dict()` and
+`load_state_dict()`, and `save` / `load` iterate it, so no part is listed twice. The directory only counts once rank 0 has written
 `COMPLETE` after a barrier; `latest` (a one-line file replaced atomically with
 os.replace) then points at it. A checkpoint cut off half-way is therefore never
 picked up: `find_latest` ignores directories without `COMPLETE`.
@@ -20,14 +22,16 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from jest_ds.train.failures import RunDirectoryError, writing
+from jest_ds.errors import DataError
 
 COMPLETE = "COMPLETE"
 CONFIG_KEY = "config"  # trainer.json: the run's whole config (ExperimentConfig.to_dict()) at save time
@@ -74,12 +78,74 @@ def set_rng_state(state: dict[str, Any], selection_generator: torch.Generator) -
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class Attribute:
+    """A plain attribute of an object (a counter) as a stateful part."""
+
+    def __init__(self, obj: Any, name: str):
+        self.obj, self.name = obj, name
+
+    def state_dict(self) -> Any:
+        return getattr(self.obj, self.name)
+
+    def load_state_dict(self, state: Any) -> None:
+        setattr(self.obj, self.name, state)
+
+
+class RngStates:
+    """Every RNG the run draws from (`rng_state`), the selection generator included."""
+
+    def __init__(self, selection_generator: torch.Generator):
+        self.selection_generator = selection_generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state(self.selection_generator)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(state, self.selection_generator)
+
+
+@dataclass
+class States:
+    """The run's stateful parts, by name, in the order they are written.
+
+    ``per_rank``: each rank's own (data position, RNGs, skip counts, selection record), saved in
+    ``rank_<r>.pt`` (tensors and plain values: loaded with ``weights_only=True``). ``shared``: the
+    same on every rank (step, FLOP ledger, counters), saved once by rank 0 in ``trainer.json``
+    beside the run's config. The engine (model, optimizer, LR schedule) is DeepSpeed's to save."""
+    per_rank: Mapping[str, Stateful]
+    shared: Mapping[str, Stateful]
+
+
+# Parts that checkpoints of earlier jest-ds versions do not hold: on resume they keep their fresh
+# state. Any other part missing from a checkpoint is an error.
+ADDED_LATER = frozenset({"selection_record", "nonfinite_total", "best"})
+
+
+def _load_parts(parts: Mapping[str, Stateful], saved: Mapping[str, Any], where: Path) -> None:
+    for name, part in parts.items():
+        if name in saved:
+            part.load_state_dict(saved[name])
+        elif name not in ADDED_LATER:
+            raise DataError(f"checkpoint {where}: no {name!r} state (not written by this jest-ds?): resume from "
+                            "another checkpoint")
+
+
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def save(engine, ckpt_root: str | Path, step: int, rank_state: dict[str, Any], trainer_state: dict[str, Any],
-         keep_last: int) -> Path:
+def save(engine, ckpt_root: str | Path, step: int, states: States, config: dict[str, Any], keep_last: int) -> Path:
+    """Write checkpoint `step` (every rank calls it): DeepSpeed's files, each rank's parts, then rank 0
+    writes the shared parts with `config` (trainer.json), COMPLETE and `latest`, and prunes to `keep_last`."""
+    rank_state = {name: part.state_dict() for name, part in states.per_rank.items()}
+    trainer_state = {name: part.state_dict() for name, part in states.shared.items()}
+    trainer_state[CONFIG_KEY] = config
     root = Path(ckpt_root)
     tag = tag_for(step)
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -155,7 +221,8 @@ def resolve(resume: str, ckpt_root: str | Path) -> Path | None:
     return path
 
 
-def load(engine, ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def load(engine, ckpt_dir: Path, states: States) -> None:
+    """Restore the engine and every part of `states` from `ckpt_dir` (every rank calls it)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     load_path, _ = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name,
                                           load_optimizer_states=True, load_lr_scheduler_states=True)
@@ -164,8 +231,8 @@ def load(engine, ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     rank_file = ckpt_dir / f"rank_{rank}.pt"
     if not rank_file.is_file():
         raise FileNotFoundError(f"{rank_file} missing: was the checkpoint written with another world size?")
-    rank_state = torch.load(rank_file, weights_only=True)
-    return rank_state, trainer_json(ckpt_dir)
+    _load_parts(states.per_rank, torch.load(rank_file, weights_only=True), rank_file)
+    _load_parts(states.shared, trainer_json(ckpt_dir), ckpt_dir / "trainer.json")
 
 
 def trainer_json(ckpt_dir: Path) -> dict[str, Any]:
@@ -173,7 +240,7 @@ def trainer_json(ckpt_dir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"checkpoint {ckpt_dir}: trainer.json is not valid JSON ({exc}): resume from an "
+        raise DataError(f"checkpoint {ckpt_dir}: trainer.json is not valid JSON ({exc}): resume from an "
                          "earlier checkpoint (--resume DIR)") from None
 
 

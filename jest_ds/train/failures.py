@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from jest_ds.errors import UserError
+
 
 class RunAborted(RuntimeError):
     """A run that stopped for a reason its message states in one line."""
@@ -22,7 +24,7 @@ class StorageError(RunAborted):
     """A file of the run could not be written: full disk, read-only file system, no permission."""
 
 
-class RunDirectoryError(ValueError):
+class RunDirectoryError(UserError, ValueError):
     """`train.out_dir` holds another run (or a later part of this one) that a start would mix with."""
 
 

@@ -1,5 +1,5 @@
 """Metrics sink (one JSON line per record, mirrored to TensorBoard, rank 0 only) and the
-measurements the trainer logs besides the loss: throughput, data wait, MFU, peak memory."""
+measurements the trainer logs besides the loss: phase times, throughput, data wait, MFU, peak memory."""
 from __future__ import annotations
 
 import json
@@ -8,13 +8,16 @@ import math
 import resource
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from jest_ds.flops import mfu
 from jest_ds.train.failures import writing
+from jest_ds.errors import DataError
 
 log = logging.getLogger("jest_ds.train")
 
@@ -89,8 +92,42 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
                 # what a full disk or a kill in mid-write leaves: the last record cut short
                 log.warning("%s: dropped its last line, cut short (%s): %r", p, exc, line[:80])
                 break
-            raise ValueError(f"{p}, line {i + 1}: not a JSON record ({exc}); delete or repair that line") from None
+            raise DataError(f"{p}, line {i + 1}: not a JSON record ({exc}); delete or repair that line") from None
     return rows
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PhaseTimer:
+    """Seconds per phase of the current step: ``with timer.phase("score"): ...``.
+
+    The device is synchronised at both ends of a phase, so a phase holds its own GPU work and
+    not the work queued before it. Phases may nest (``forward`` inside ``train``); a phase
+    entered twice in one step adds up. ``reset()`` starts a step (`Trainer.train_step` does)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.seconds = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def get(self, name: str) -> float:
+        return self.seconds.get(name, 0.0)
 
 
 class ThroughputMeter:
@@ -128,7 +165,7 @@ class ThroughputMeter:
                "perf/data_wait_pct": 100.0 * min(1.0, self.data_s / self.wall_s),
                "perf/step_s": self.wall_s / self.steps}
         if self.peak_total:
-            out["perf/mfu"] = self.steps * self.flops_per_step / self.wall_s / self.peak_total
+            out["perf/mfu"] = mfu(self.flops_per_step, self.wall_s / self.steps, self.peak_total)
         self._reset()
         return out
 

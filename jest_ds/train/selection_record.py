@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from jest_ds.atomic import atomic_write
 from jest_ds.selection import Embeddings, diagonal_scores
+from jest_ds.errors import DataError
 
 RECORD_DIR = "selection_record"
 INDEX = "index.json"
@@ -138,14 +139,9 @@ class SelectionRecord:
         index = {}
         for url, rec in self.shards.items():
             name = shard_file_name(url)
-            tmp = self.directory / (name + ".tmp")
-            with open(tmp, "wb") as fh:
-                np.save(fh, rec)
-            os.replace(tmp, self.directory / name)
+            atomic_write(self.directory / name, lambda fh, rec=rec: np.save(fh, rec))
             index[name] = url
-        tmp = self.directory / (INDEX + ".tmp")
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-        os.replace(tmp, self.directory / INDEX)
+        atomic_write(self.directory / INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
         for stale in self.directory.glob("*.npy"):
             if stale.name not in index:
                 stale.unlink()
@@ -166,7 +162,7 @@ def load_record(run_dir: str | Path) -> dict[str, np.ndarray]:
                 raise FileNotFoundError(f"{path}: listed in {rank_dir / INDEX} but missing")
             rec = np.load(path)
             if rec.dtype != RECORD_DTYPE:
-                raise ValueError(f"{path}: not a selection record (dtype {rec.dtype})")
+                raise DataError(f"{path}: not a selection record (dtype {rec.dtype})")
             have = grown(merged.get(url, empty_record(0)), rec.shape[0])
             rec = grown(rec, have.shape[0])
             later = rec["step"] > have["step"]

@@ -36,19 +36,23 @@ from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.eval import evaluate, format_metrics
 from jest_ds.losses import global_sigmoid_loss
 from jest_ds.models import DualEncoder
-from jest_ds.models.export import export_model, gather_state_dict
-from jest_ds.selection import Embeddings, diagonal_scores, independent_sample, joint_sample
+from jest_ds.models.export import export_model
+from jest_ds.reference.scorer import ReferenceScorer
+from jest_ds.selection import Embeddings, ScoreSpec, diagonal_scores, independent_sample, joint_sample
 from jest_ds.selection.distributed import distributed_joint_sample
 from jest_ds.train import checkpoint
 from jest_ds.train.best import BestTracker
 from jest_ds.train.distributed import device as pick_device, init_distributed, shutdown
-from jest_ds.train.engine import build_engine
+from jest_ds.train.engine import build_engine, build_frozen_engine
+from jest_ds.train.export import gather_state_dict
 from jest_ds.train.failures import RunAborted, writing
 from jest_ds.train.grad_norm import dense_grad_norm, engine_reports_grad_norm
-from jest_ds.train.metrics import MetricsWriter, ThroughputMeter, peak_memory_metrics
-from jest_ds.train.reference import ReferenceScorer
+from jest_ds.train.metrics import MetricsWriter, PhaseTimer, ThroughputMeter, peak_memory_metrics
 from jest_ds.train.resolution_split import coarse_mask
-from jest_ds.train.selection_record import RECORD_DIR, SelectionRecord, self_pair_learnability, source_acceptance
+from jest_ds.datasets.icons import SAMPLE_FLAGS
+from jest_ds.train.selection_metrics import selection_metrics
+from jest_ds.train.selection_record import RECORD_DIR, SelectionRecord, self_pair_learnability
+from jest_ds.errors import ConfigError, DataError
 
 log = logging.getLogger("jest_ds.train")
 
@@ -97,10 +101,10 @@ def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path | None, list[str], Capt
     try:
         tokenizer = CaptionTokenizer.from_file(tok_path)
     except ValueError as exc:
-        raise ValueError(f"data.tokenizer = {str(tok_path)!r}: {exc}") from None
+        raise DataError(f"data.tokenizer = {str(tok_path)!r}: {exc}") from None
     m = cfg.model
     if m.vocab_size and m.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"config error: model.vocab_size = {m.vocab_size}: smaller than the vocabulary of the "
+        raise ConfigError(f"config error: model.vocab_size = {m.vocab_size}: smaller than the vocabulary of the "
                          f"tokenizer {tok_path} ({tokenizer.vocab_size} tokens); set it to 0 to take the tokenizer's")
     return root, urls, tokenizer
 
@@ -135,8 +139,12 @@ class Trainer:
         if ckpt is not None and not checkpoint.check_resume_config(ckpt, cfg.to_dict()):
             log.warning("resuming %s: the checkpoint predates recorded configs, so it cannot be checked "
                         "against this run's config", ckpt)
+        # Whoever initialises the process group ends it: this Trainer (in `close`) when it did, else the
+        # caller that did (a tool running several Trainers in one group, `launch/` scripts).
+        self.owns_process_group = not dist.is_initialized()
         self.rank, self.world = init_distributed(cfg.train.collective_timeout_s)
         self.device = pick_device()
+        self.timer = PhaseTimer(self.device)
         self.is_main = self.rank == 0
         self.show_progress = show_progress and self.is_main
         if doomed and self.is_main:
@@ -148,7 +156,7 @@ class Trainer:
 
         self.B_local, self.b_local = cfg.per_rank(self.world)
         if self.world > 1 and cfg.selection.method != "iid" and not cfg.selection.quota_per_rank:
-            raise ValueError("config error: selection.quota_per_rank = false needs a world size of 1: "
+            raise ConfigError("config error: selection.quota_per_rank = false needs a world size of 1: "
                              "each rank trains on its own candidates (images are not moved between ranks)")
 
         # Same initial weights on every rank (DeepSpeed also broadcasts rank 0's).
@@ -156,7 +164,9 @@ class Trainer:
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.engine = build_engine(cfg, DualEncoder(cfg.model), self.world)
-        self.reference = ReferenceScorer(cfg, self.train_urls, self.device, self.world, self.tokenizer)
+        self.reference = ReferenceScorer(cfg, self.train_urls, self.device, self.world, self.tokenizer,
+                                         partition=lambda model: build_frozen_engine(cfg, model, self.world))
+        self.score_spec = ScoreSpec.of(cfg.selection) if cfg.selection.method != "iid" else None
         # Identical on every rank: the joint sampler must draw the same Gumbel noise everywhere.
         self.selection_rng = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
 
@@ -185,6 +195,12 @@ class Trainer:
             self.selected_log = open(self.out_dir / f"selected_keys_rank{self.rank}.jsonl", "a")
         self.selection_record = SelectionRecord(self.out_dir / RECORD_DIR, self.rank)
         self.best = BestTracker(cfg.eval.best_metric, cfg.eval.best_mode, cfg.eval.patience)
+        # What a checkpoint holds besides the engine, each part named once (jest_ds/train/checkpoint.py)
+        self.states = checkpoint.States(
+            per_rank={"rng": checkpoint.RngStates(self.selection_rng), "loader": self.loader,
+                      "skipped": self.skipped, "selection_record": self.selection_record},
+            shared={"step": checkpoint.Attribute(self, "step"), "ledger": self.ledger,
+                    "nonfinite_total": checkpoint.Attribute(self, "nonfinite_total"), "best": self.best})
         if ckpt is not None:
             self._restore(ckpt)
         self.metrics = MetricsWriter(self.out_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard,
@@ -213,15 +229,7 @@ class Trainer:
         return sets
 
     def _restore(self, ckpt: Path) -> None:
-        rank_state, trainer_state = checkpoint.load(self.engine, ckpt)
-        checkpoint.set_rng_state(rank_state["rng"], self.selection_rng)
-        self.loader.load_state_dict(rank_state["loader"])
-        self.skipped.counts = dict(rank_state["skipped"])
-        self.selection_record.load_state_dict(rank_state.get("selection_record", {}))
-        self.step = trainer_state["step"]
-        self.ledger.load_state_dict(trainer_state["ledger"])
-        self.nonfinite_total = trainer_state.get("nonfinite_total", 0)
-        self.best.load_state_dict(trainer_state.get("best", {}))
+        checkpoint.load(self.engine, ckpt, self.states)
         if self.is_main:
             log.info("resumed from %s at step %d", ckpt, self.step)
 
@@ -250,16 +258,16 @@ class Trainer:
         if s.method == "iid":
             return torch.arange(self.b_local)
         if s.method == "independent":
-            local = diagonal_scores(learner, reference, s.score, s.gain).double()
+            local = diagonal_scores(learner, reference, spec=self.score_spec).double()
             everything = all_gather_cat(local)
             chosen = independent_sample(everything, b, mode=s.independent_mode, generator=self.selection_rng,
                                         quota=self.world if s.quota_per_rank else None)
         elif self.world == 1:
-            chosen = joint_sample(learner, reference, b, n_chunks=s.n_chunks, method=s.score, gain=s.gain,
-                                  generator=self.selection_rng, quota=None, loss=s.loss)
+            chosen = joint_sample(learner, reference, b, n_chunks=s.n_chunks, generator=self.selection_rng,
+                                  quota=None, spec=self.score_spec)
         else:  # world > 1 implies the per-rank quota (checked at start-up)
-            _, local_idx = distributed_joint_sample(learner, reference, b, s.n_chunks, s.score, s.gain,
-                                                    self.selection_rng, quota=True, loss=s.loss)
+            _, local_idx = distributed_joint_sample(learner, reference, b, n_chunks=s.n_chunks,
+                                                    generator=self.selection_rng, quota=True, spec=self.score_spec)
             return local_idx.cpu()
         lo = self.rank * self.B_local
         mine = chosen[(chosen >= lo) & (chosen < lo + self.B_local)] - lo
@@ -274,17 +282,20 @@ class Trainer:
         s = self.cfg.selection
         coarse = coarse_mask(self.cfg.train.seed, self.step, self.cfg.train.batch_size, s.flexi_low_res_fraction,
                              self.rank, self.world) if s.flexi else None  # a fresh random share every step
-        enc = self.engine(batch.images.to(self.device), batch.tokens.to(self.device), coarse=coarse)
-        loss_bw, share = global_sigmoid_loss(enc.img.float(), enc.txt.float(), enc.log_scale.float(),
-                                             enc.bias.float())
-        (total,) = _all_reduce_sum([float(share.detach())], self.device)
+        with self.timer.phase("forward"):
+            enc = self.engine(batch.images.to(self.device), batch.tokens.to(self.device), coarse=coarse)
+            loss_bw, share = global_sigmoid_loss(enc.img.float(), enc.txt.float(), enc.log_scale.float(),
+                                                 enc.bias.float())
+            (total,) = _all_reduce_sum([float(share.detach())], self.device)
         out = {"loss": total, "learner/scale": float(enc.log_scale.detach().float().exp()),
                "learner/bias": float(enc.bias.detach().float())}
         if not math.isfinite(total):
             self._count_nonfinite("loss")  # no backward, no optimizer step: the step is skipped
             return out
-        self.engine.backward(loss_bw)
-        out["grad_norm"] = self.apply_gradients()
+        with self.timer.phase("backward"):
+            self.engine.backward(loss_bw)
+        with self.timer.phase("optimizer"):
+            out["grad_norm"] = self.apply_gradients()
         return out
 
     def apply_gradients(self) -> float:
@@ -316,57 +327,36 @@ class Trainer:
                 f"aborting (train.max_nonfinite_in_row = {self.cfg.train.max_nonfinite_in_row})")
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        learner, reference = self.score(batch)
-        t1 = time.perf_counter()
-        local = self.select(learner, reference)
-        t2 = time.perf_counter()
-        chosen = take(batch, local)
-        record = self.forward_backward_step(chosen)
+        """Score, select, train on the chosen; the record of the step. `self.timer` holds its phases
+        (score, select, train; forward, backward, optimizer inside train), the device synchronised."""
+        timer = self.timer
+        timer.reset()
+        with timer.phase("score"):
+            learner, reference = self.score(batch)
+        with timer.phase("select"):
+            local = self.select(learner, reference)
+        with timer.phase("train"):
+            chosen = take(batch, local)
+            record = self.forward_backward_step(chosen)
         loss = record["loss"]
-        t3 = time.perf_counter()
         self.ledger.add_step(self.flops_per_step)
-        record.update({"lr": self.engine.get_lr()[0], "time/score_s": t1 - t0, "time/select_s": t2 - t1,
-                       "time/train_s": t3 - t2, "nonfinite_steps": self.nonfinite_total})
+        record.update({"lr": self.engine.get_lr()[0], "time/score_s": timer.get("score"),
+                       "time/select_s": timer.get("select"), "time/train_s": timer.get("train"),
+                       "nonfinite_steps": self.nonfinite_total})
         if reference is not None:
             record["reference/scale"] = float(torch.as_tensor(reference.log_scale).float().exp())
             record["reference/bias"] = float(torch.as_tensor(reference.bias).float())
         learnability = self_pair_learnability(learner, reference)  # per candidate; None without both models
-        record.update(self.selection_metrics(batch, local, learnability))
         self.selection_record.add_step(self.step + 1, batch, local, learnability)
-        record.update(source_acceptance(batch.meta, local))  # this rank's view, like sel/source_share
+        reported = learnability if self.cfg.selection.score == "learnability" else None
+        record.update(selection_metrics(batch.meta, local, reported, SAMPLE_FLAGS,
+                                        lambda values: _all_reduce_sum(values, self.device)))
         if self.selected_log is not None:
             self.selected_log.write(json.dumps({
                 "step": self.step + 1, "rank": self.rank, "world": self.world, "candidates": batch.keys,
                 "selected": chosen.keys, "loss": loss}) + "\n")
             self.selected_log.flush()
         return record
-
-    def selection_metrics(self, batch: Batch, local: torch.Tensor, learnability) -> dict[str, float]:
-        """Planted-noise, on-target (the embedded dataset's ``on_target`` flag) and per-source shares of
-        the chosen batch vs the super-batch; mean self-pair learnability of the chosen vs all candidates
-        (summed over ranks)."""
-        chosen_mask = torch.zeros(len(batch.keys), dtype=torch.bool)
-        chosen_mask[local] = True
-        noisy = torch.tensor([bool(m.get("caption_noisy", False)) for m in batch.meta])
-        target = torch.tensor([bool(m.get("on_target", False)) for m in batch.meta])
-        values = [float(noisy[chosen_mask].sum()), float(chosen_mask.sum()), float(noisy.sum()), float(len(noisy)),
-                  float(target[chosen_mask].sum()), float(target.sum())]
-        if learnability is not None and self.cfg.selection.score == "learnability":
-            diag = torch.from_numpy(learnability).double()
-            values += [float(diag[chosen_mask].sum()), float(diag.sum())]
-        totals = _all_reduce_sum(values, self.device)
-        out = {"sel/noisy_share_chosen": totals[0] / max(totals[1], 1),
-               "sel/noisy_share_all": totals[2] / max(totals[3], 1),
-               "sel/target_share_chosen": totals[4] / max(totals[1], 1),
-               "sel/target_share_all": totals[5] / max(totals[3], 1)}
-        if len(totals) > 6:
-            out["sel/learnability_chosen"] = totals[6] / max(totals[1], 1)
-            out["sel/learnability_all"] = totals[7] / max(totals[3], 1)
-        groups = Counter(m.get("source", "?") for m, c in zip(batch.meta, chosen_mask.tolist()) if c)
-        for name, count in groups.items():
-            out[f"sel/source_share/{name}"] = count / max(int(chosen_mask.sum()), 1)  # this rank's view
-        return out
 
     # ------------------------------------------------------------------ loop
     def evaluate(self) -> dict[str, float]:
@@ -377,13 +367,17 @@ class Trainer:
                         self.cfg.eval.batch_size, self.cfg.eval.few_shot, loss_batch_size=self.cfg.train.batch_size)
 
     def save_checkpoint(self) -> None:
-        rank_state = {"rng": checkpoint.rng_state(self.selection_rng), "loader": self.loader.state_dict(),
-                      "skipped": self.skipped.as_dict(), "selection_record": self.selection_record.state_dict()}
-        trainer_state = {"step": self.step, "ledger": self.ledger.state_dict(), "nonfinite_total": self.nonfinite_total,
-                         "best": self.best.state_dict(), checkpoint.CONFIG_KEY: self.cfg.to_dict()}
-        checkpoint.save(self.engine, self.ckpt_root, self.step, rank_state, trainer_state, self.cfg.train.keep_last)
+        checkpoint.save(self.engine, self.ckpt_root, self.step, self.states, self.cfg.to_dict(), self.cfg.train.keep_last)
         with writing(self.selection_record.directory):
             self.selection_record.flush()
+
+    def train_one_step(self, batch: Batch) -> dict[str, Any]:
+        """One step of the run on `batch` (`train_step`), after which the step counter has advanced:
+        what `run` does per step before logging, evaluation and checkpoints (tools/bench_*.py drive
+        the loop with it)."""
+        record = self.train_step(batch)
+        self.step += 1
+        return record
 
     def run(self) -> dict[str, float]:
         t = self.cfg.train
@@ -397,9 +391,8 @@ class Trainer:
             t_data = time.perf_counter()
             batch = next(batches)
             data_s = time.perf_counter() - t_data
-            record = self.train_step(batch)
+            record = self.train_one_step(batch)
             self.throughput.add(time.perf_counter() - t_data, data_s)
-            self.step += 1
             record["time/data_s"] = data_s
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
@@ -451,7 +444,7 @@ class Trainer:
 
     def export(self, out_dir: str | Path | None = None) -> str | None:
         """The model as a self-contained artefact (weights, configs, tokenizer, preprocessing, SHA256SUMS;
-        jest_ds/models/export.py). Every rank takes part in the gather; only rank 0 holds the full model and writes."""
+        jest_ds/models/export.py; the gather: jest_ds/train/export.py). Every rank takes part in the gather; only rank 0 holds the full model and writes."""
         state = gather_state_dict(self.engine)
         skipped = self.skipped_all_ranks()
         digest = None
@@ -468,10 +461,12 @@ class Trainer:
         return digest
 
     def close(self) -> None:
+        """Close the run's files; end the process group if this Trainer initialised it."""
         self.metrics.close()
         if self.selected_log is not None:
             self.selected_log.close()
-        shutdown()
+        if self.owns_process_group:
+            shutdown()
 
 
 def train(cfg: ExperimentConfig, resume: str = "", export: bool = True, show_progress: bool = True,

@@ -43,7 +43,7 @@ def itest_env(tmp_path_factory):
 
 
 def _build_cache(ref, shards, out, tok):
-    from jest_ds.data.reference_cache import build_cache
+    from jest_ds.reference.build import build_cache
     from jest_ds.data.tokenizer import CaptionTokenizer
 
     return build_cache(ref, Path(shards), Path(out), CaptionTokenizer.from_file(tok), progress=False)

@@ -57,7 +57,7 @@ def _recompute(cfg_dict: dict, out_dir: str, steps: int) -> list[list[str]]:
     import torch
 
     from jest_ds.config import config_from_dict
-    from jest_ds.data.reference_cache import ReferenceCache
+    from jest_ds.reference.cache import ReferenceCache
     from jest_ds.data.shards import SkipCounter, decode_image, iter_raw_samples, resolve_urls, to_tensor
     from jest_ds.data.tokenizer import CaptionTokenizer
     from jest_ds.models import DualEncoder
