@@ -4,7 +4,8 @@ Layout: <out>/checkpoints/step_00000120/ holds DeepSpeed's files, one
 `rank_<r>.pt` per rank (data position, RNG states) and `trainer.json`
 (step, ledger, counters). What goes into the two files is one mapping of stateful parts
 (`States`, as torchtitan's `CheckpointManager(states=...)`): each part has `state_dict()` and
-`load_state_dict()`, and `save` / `load` iterate it, so no part is listed twice. The directory only counts once rank 0 has written
+`load_state_dict()`, and it is iterated both ways (`States.state_dicts`, `load_state_dicts`), so no
+part is listed twice. The directory only counts once rank 0 has written
 `COMPLETE` after a barrier; `latest` (a one-line file replaced atomically with
 os.replace) then points at it. A checkpoint cut off half-way is therefore never
 picked up: `find_latest` ignores directories without `COMPLETE`.
@@ -121,6 +122,16 @@ class States:
     per_rank: Mapping[str, Stateful]
     shared: Mapping[str, Stateful]
 
+    def state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(this rank's state, the shared state): what `save` writes."""
+        return ({name: part.state_dict() for name, part in self.per_rank.items()},
+                {name: part.state_dict() for name, part in self.shared.items()})
+
+    def load_state_dicts(self, rank_state: Mapping[str, Any], shared_state: Mapping[str, Any], where: Path) -> None:
+        """Every part from what `load` read (a part that the checkpoint predates: see ADDED_LATER)."""
+        _load_parts(self.per_rank, rank_state, where)
+        _load_parts(self.shared, shared_state, where)
+
 
 # Parts that checkpoints of earlier jest-ds versions do not hold: on resume they keep their fresh
 # state. Any other part missing from a checkpoint is an error.
@@ -140,12 +151,11 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def save(engine, ckpt_root: str | Path, step: int, states: States, config: dict[str, Any], keep_last: int) -> Path:
-    """Write checkpoint `step` (every rank calls it): DeepSpeed's files, each rank's parts, then rank 0
-    writes the shared parts with `config` (trainer.json), COMPLETE and `latest`, and prunes to `keep_last`."""
-    rank_state = {name: part.state_dict() for name, part in states.per_rank.items()}
-    trainer_state = {name: part.state_dict() for name, part in states.shared.items()}
-    trainer_state[CONFIG_KEY] = config
+def save(engine, ckpt_root: str | Path, step: int, rank_state: dict[str, Any], trainer_state: dict[str, Any],
+         keep_last: int) -> Path:
+    """Write checkpoint `step` (every rank calls it): DeepSpeed's files, `rank_state` (rank_<r>.pt), then
+    rank 0 writes `trainer_state` (trainer.json), COMPLETE and `latest`, and prunes to `keep_last`.
+    The two states are `States.state_dicts()` (the trainer adds its config under CONFIG_KEY)."""
     root = Path(ckpt_root)
     tag = tag_for(step)
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -221,8 +231,9 @@ def resolve(resume: str, ckpt_root: str | Path) -> Path | None:
     return path
 
 
-def load(engine, ckpt_dir: Path, states: States) -> None:
-    """Restore the engine and every part of `states` from `ckpt_dir` (every rank calls it)."""
+def load(engine, ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore the engine from `ckpt_dir`; returns (this rank's state, trainer.json) for
+    `States.load_state_dicts` (every rank calls it)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     load_path, _ = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name,
                                           load_optimizer_states=True, load_lr_scheduler_states=True)
@@ -231,8 +242,7 @@ def load(engine, ckpt_dir: Path, states: States) -> None:
     rank_file = ckpt_dir / f"rank_{rank}.pt"
     if not rank_file.is_file():
         raise FileNotFoundError(f"{rank_file} missing: was the checkpoint written with another world size?")
-    _load_parts(states.per_rank, torch.load(rank_file, weights_only=True), rank_file)
-    _load_parts(states.shared, trainer_json(ckpt_dir), ckpt_dir / "trainer.json")
+    return torch.load(rank_file, weights_only=True), trainer_json(ckpt_dir)
 
 
 def trainer_json(ckpt_dir: Path) -> dict[str, Any]:

@@ -229,7 +229,7 @@ class Trainer:
         return sets
 
     def _restore(self, ckpt: Path) -> None:
-        checkpoint.load(self.engine, ckpt, self.states)
+        self.states.load_state_dicts(*checkpoint.load(self.engine, ckpt), where=ckpt)
         if self.is_main:
             log.info("resumed from %s at step %d", ckpt, self.step)
 
@@ -367,7 +367,9 @@ class Trainer:
                         self.cfg.eval.batch_size, self.cfg.eval.few_shot, loss_batch_size=self.cfg.train.batch_size)
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.engine, self.ckpt_root, self.step, self.states, self.cfg.to_dict(), self.cfg.train.keep_last)
+        rank_state, shared = self.states.state_dicts()
+        checkpoint.save(self.engine, self.ckpt_root, self.step, rank_state, {**shared, checkpoint.CONFIG_KEY: self.cfg.to_dict()},
+                        self.cfg.train.keep_last)
         with writing(self.selection_record.directory):
             self.selection_record.flush()
 
