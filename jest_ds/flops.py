@@ -276,10 +276,28 @@ def measure_forward_flops(module_call: Callable[[], Any], no_grad: bool = True) 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_formulas())
     with (torch.no_grad() if no_grad else contextlib.nullcontext()), counter:
         module_call()
     return int(counter.get_total_flops())
+
+
+def _cpu_sdpa_formulas() -> dict:
+    """FLOP formulas for the CPU kernel of scaled_dot_product_attention where FlopCounterMode lacks them
+    (torch 2.14 counts the CUDA kernels only, so attention went uncounted on CPU): the same formulas
+    torch uses for the other SDPA kernels (q·kᵀ and attn·v; backward twice that and more)."""
+    import torch
+    from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    out = {}
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None and fwd not in flop_registry:
+        out[fwd] = lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
+    if bwd is not None and bwd not in flop_registry:
+        out[bwd] = lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v)
+    return out
 
 
 def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
