@@ -9,14 +9,14 @@
 #   4. the demo's own budget (1,000 iterations), seed 0, into a directory of its own;
 #   5. the reports: the headline (tools/benchmark_report.py), the diagnostic loss table
 #      (tools/speedup_report.py) and the paper-findings report on R@5 (tools/paper_findings.py).
-# Usage: bash tools/run_experiments.sh [OUT=runs/benchmark] [SEEDS=3] [LONG=4000]
+# Usage: bash tools/run_experiments.sh [OUT=runs/benchmark] [SEEDS=3] [LONG=3000]
 # In docs/results.md the runs of steps 1-3 were made with two runs at a time (OMP_NUM_THREADS=1 each);
 # the numbers do not depend on that (iteration and FLOP counts are exact, seeds fix the rest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/benchmark}"
 SEEDS="${2:-3}"
-LONG="${3:-4000}"
+LONG="${3:-3000}"
 PY="${PYTHON:-.venv/bin/python}"
 demo() { "$PY" -m jest_ds.cli demo "$@"; }
 
@@ -24,9 +24,8 @@ for ((s = 0; s < SEEDS; s++)); do  # seed by seed, so that a partial run still h
   demo --out "$OUT" --full --methods iid,jest,flexi,curated --seed "$s" --tag "_s$s"
 done
 REF=(--reference "$OUT/reference/export" --reference-cache "$OUT/reference_cache")
-demo --out "$OUT" --full --methods independent,pool_curated --seed 0 --tag _s0 "${REF[@]}"
-"$PY" -m jest_ds.cli train --config tiny_iid --set "train.out_dir=$OUT/iid_long_s0" --set train.seed=0 \
-  --set "train.steps=$LONG" --set train.eval_every=200
+demo --out "$OUT" --full --methods pool_curated --seed 0 --tag _s0 --eval-every 200 "${REF[@]}"
+demo --out "$OUT" --methods iid --seed 0 --tag _long_s0 --steps "$LONG" --eval-every 500 "${REF[@]}"
 demo --out "$OUT/demo_budget" --methods iid,jest,flexi,curated --seed 0 "${REF[@]}"
 
 "$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,curated}_s* --out "$OUT/report_main" \
