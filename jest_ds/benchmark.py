@@ -76,4 +76,3 @@ HEADLINE = EMBEDDED.headline            # eval/icon_retrieval/headline
 HEADLINE_LABEL = "held-out target R@5"
 SELECTION = EMBEDDED.selection          # eval/icon_val/headline
 ZEROSHOT_TOP1 = EMBEDDED.zeroshot_top1  # eval/icon_zeroshot/top1
-DIAGNOSTIC_LOSS = EMBEDDED.diagnostic_loss
