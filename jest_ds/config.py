@@ -47,9 +47,14 @@ class ModelConfig:
     init_bias: float = -10.0  # SigLIP: b = -10
 
 
+DEFAULT_DATA_ROOT = "data/embedded"  # where `jest-ds data build` writes the embedded dataset
+
+
 @dataclass
 class DataConfig:
-    root: str = "data/embedded"  # embedded dataset root (`jest-ds data build`); "" for a run on users' shards alone
+    root: str = DEFAULT_DATA_ROOT  # embedded dataset root (`jest-ds data build`); "": none (users' shards alone).
+    # With data.train_shards given and data.root not named in the config, data.root is "" (see
+    # config_from_dict); named but left at the default and absent, it is ignored (trainer.resolve_dataset).
     train_part: str = "pool"  # a part of the embedded dataset, or several joined by "+" (used when train_shards is empty)
     train_shards: list[str] = field(default_factory=list)  # a directory, a brace pattern, or a list of them
     tokenizer: str = ""  # "" -> <root>/tokenizer.json
@@ -117,7 +122,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    sets: list[str] = field(default_factory=list)  # names under <root>/eval; empty = all
+    sets: list[str] = field(default_factory=list)  # set directories, directories of sets, or names under
+    # <data.root>/eval; empty: every set under <data.root>/eval, none without an embedded dataset
     few_shot: int = 10
     batch_size: int = 256
     best_metric: str = ""  # e.g. eval/icon_val/val_loss_batch: the export is the model at its best eval
@@ -283,8 +289,13 @@ def _check(cfg: ExperimentConfig) -> None:
     if not d.root and not d.train_shards:
         bad("data.train_shards", d.train_shards, "must be set when data.root is empty")
     if not d.root and not d.tokenizer:
-        bad("data.tokenizer", d.tokenizer, "must be set when data.root is empty")
+        bad("data.tokenizer", d.tokenizer, "must be set when data.root is empty" if not d.train_shards else
+            "must name the tokenizer.json of data.train_shards (`jest-ds data tokenizer --shards ... --out "
+            "tokenizer.json` makes one), or name data.root, the embedded dataset whose tokenizer.json to use")
     e = cfg.eval
+    for i, entry in enumerate(e.sets):
+        if not entry.strip():
+            bad(f"eval.sets[{i}]", entry, "must be a set directory, a directory of sets, or a set name")
     if e.few_shot < 0:
         bad("eval.few_shot", e.few_shot, "must be >= 0 (0: no linear probe)")
     if e.batch_size <= 0:
@@ -326,6 +337,10 @@ def _check(cfg: ExperimentConfig) -> None:
 
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     cfg = _build(ExperimentConfig, values or {}, "")
+    data = (values or {}).get("data")
+    if cfg.data.train_shards and not (isinstance(data, dict) and "root" in data):
+        # Users' shards alone: the embedded dataset is used only where data.root names it.
+        cfg.data.root = ""
     _check(cfg)
     return cfg
 

@@ -1,18 +1,24 @@
 """Users' own img2dataset shards, as img2dataset writes them, with no embedded dataset: the
 tokenizer from `jest-ds data tokenizer`, a reference trained on them, `jest-ds cache-ref`, IID and
-JEST runs; a truncated shard and undecodable images are skipped and counted."""
+JEST runs; a truncated shard and undecodable images are skipped and counted. The minimal YAML of
+docs/data.md, read out of the doc, trains, evaluates on the user's own set and exports."""
 import hashlib
 import io
 import json
+import logging
 import random
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image, ImageDraw
 
-from synthetic_data import COLOURS, SHAPES, tiny_config
+from synthetic_data import COLOURS, SHAPES, TINY_MODEL, tiny_config
 from jest_ds.cli import main as cli_main
-from jest_ds.config import config_from_dict
+from jest_ds.config import ConfigError, config_from_dict, load_config
+from jest_ds.data.eval_sets import resolve_eval_sets, run_eval_sets, write_eval_set
+from jest_ds.models.export import load_run_config
 from jest_ds.data.shards import SkipCounter, iter_raw_samples, resolve_urls, write_tar
 from jest_ds.train.metrics import read_metrics
 from jest_ds.train.trainer import resolve_dataset, train
@@ -139,3 +145,118 @@ def test_tokenizer_reference_cache_and_training_on_user_shards(user_shards, tmp_
     assert last["step"] == 3 and last["loss"] == last["loss"] and last["flops/selection"] > 0
     assert "sel/learnability_chosen" in last
     assert json.loads((tmp_path / "jest" / "summary.json").read_text())["skipped"]["undecodable_image"] >= 1
+
+
+# --------------------------------------------------------------------------- users' shards alone (issue 20, item 2)
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def doc_yaml_block(doc: str, first_line: str) -> str:
+    """The ```yaml block of docs/<doc> whose first line is `first_line`, verbatim."""
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", (DOCS / doc).read_text(), re.S) if b.startswith(first_line)]
+    assert len(blocks) == 1, f"docs/{doc}: expected one yaml block starting {first_line!r}, found {len(blocks)}"
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def user_tokenizer(user_shards, tmp_path_factory):
+    tok = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    assert cli_main(["data", "tokenizer", "--shards", str(user_shards), "--out", str(tok), "--vocab-size", "64",
+                     "--min-frequency", "1"]) == 0
+    return tok
+
+
+def test_train_shards_without_root_means_no_embedded_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/embedded here
+    cfg = load_config(None, ["data.train_shards=/x/{0..3}.tar", "data.tokenizer=/x/t.json"])
+    assert cfg.data.root == ""
+    assert config_from_dict({"data": {"root": "mine", "train_shards": "/x"}}).data.root == "mine"  # named: kept
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"data": {"train_shards": "/x"}})
+    msg = str(info.value)
+    assert msg.startswith("config error: data.tokenizer = '': must name the tokenizer.json of data.train_shards")
+    assert "data/embedded" not in msg and "\n" not in msg
+    assert config_from_dict({}).data.root == "data/embedded"  # no train_shards: the embedded dataset, as before
+
+
+def test_the_default_root_is_optional_beside_users_shards(user_shards, user_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = {"train_shards": str(user_shards), "tokenizer": str(user_tokenizer)}
+    # `base: tiny_jest` names data.root: data/embedded; absent, it is ignored
+    cfg = config_from_dict(tiny_config(Path("data/embedded"), tmp_path / "run", data=data))
+    root, urls, _ = resolve_dataset(cfg)
+    assert root is None and len(urls) == 4
+    # a root the user names must exist
+    cfg = config_from_dict(tiny_config(tmp_path / "mine", tmp_path / "run", data=data))
+    with pytest.raises(FileNotFoundError, match=r"^data.root = .*mine: no such directory"):
+        resolve_dataset(cfg)
+
+
+def test_eval_set_entries_are_paths_with_one_line_errors(user_shards, tmp_path):
+    held_out = make_img2dataset_shards(tmp_path / "held_out", n_shards=1, per_shard=8, seed=3)
+    sets = tmp_path / "my_sets"
+    write_eval_set(sets / "pairs", "retrieval", [{"image": _image("red", "circle", (16, 16), "png", random.Random(i)),
+                                                   "caption": f"pair {i}"} for i in range(4)])
+    write_eval_set(sets / "shapes", "zeroshot", [{"image": _image("red", s, (16, 16), "png", random.Random(0)),
+                                                   "label": i} for i, s in enumerate(SHAPES)], classes=SHAPES)
+    assert run_eval_sets([], None) == []  # users' shards alone, no eval.sets: no evaluation
+    assert run_eval_sets([str(held_out), str(sets)], None) == [held_out, sets / "pairs", sets / "shapes"]
+    assert run_eval_sets([str(sets / "pairs")], None) == [sets / "pairs"]
+
+    def error(entries, root=None, exc=FileNotFoundError):
+        with pytest.raises(exc) as info:
+            run_eval_sets(entries, root)
+        msg = str(info.value)
+        assert "\n" not in msg and "data/embedded" not in msg
+        return msg
+
+    assert error([str(sets), str(tmp_path / "nowhere")]).startswith(
+        f"eval.sets[1] = '{tmp_path / 'nowhere'}': no such directory")
+    assert error([str(held_out / "00000.tar")]).startswith(f"eval.sets[0] = '{held_out / '00000.tar'}': is a file")
+    (tmp_path / "empty").mkdir()
+    assert "no evaluation set in this directory" in error([str(tmp_path / "empty")])
+    assert error(["icon_val"]).startswith("eval.sets[0] = 'icon_val': not a set directory")
+    write_eval_set(tmp_path / "other" / "pairs", "retrieval", [{"image": _image("red", "circle", (16, 16), "png",
+                                                                                random.Random(0)), "caption": "x"}])
+    from jest_ds.errors import DataError
+    assert "two evaluation sets are named 'pairs'" in error([str(sets), str(tmp_path / "other" / "pairs")],
+                                                             exc=DataError)
+    assert resolve_eval_sets([str(held_out)], None) == [held_out]  # `jest-ds eval --sets` reads them alike
+
+
+@pytest.mark.slow
+def test_the_documented_minimal_yaml_trains_evaluates_and_exports(user_shards, user_tokenizer, tmp_path, capsys,
+                                                                  caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths (none here) and no data/embedded
+    held_out = make_img2dataset_shards(tmp_path / "laion_eval", n_shards=1, per_shard=40, seed=7)
+    text = doc_yaml_block("data.md", "# my_run.yaml")
+    for placeholder, real in {"/data/laion/{00000..01023}.tar": f"{user_shards}/{{00000..00003}}.tar",
+                              "/data/tokenizer.json": str(user_tokenizer), "/data/laion_eval": str(held_out),
+                              "runs/my_run": str(tmp_path / "runs" / "my_run")}.items():
+        assert placeholder in text, f"docs/data.md's my_run.yaml no longer holds {placeholder}"
+        text = text.replace(placeholder, real)
+    values = yaml.safe_load(text)
+    assert set(values) <= {"name", "data", "model", "train", "eval"} and set(values["data"]) == {"train_shards",
+                                                                                                "tokenizer"}
+    (tmp_path / "my_run.yaml").write_text(text)
+    # the test's scale: a tiny model and a few steps, merged over the documented file
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump({
+        "model": TINY_MODEL, "data": {"shuffle_buffer": 64, "num_workers": 0},
+        "train": {"steps": 4, "batch_size": 32, "eval_every": 2, "log_every": 2, "precision": "fp32",
+                  "tensorboard": False}, "eval": {"few_shot": 0}}))
+    caplog.set_level(logging.INFO)
+    assert cli_main(["train", "--config", "my_run.yaml", "--config", "small.yaml", "--quiet", "--print-json"]) == 0
+    out, err = capsys.readouterr()
+    final = json.loads(out.strip().splitlines()[-1])
+    assert {"eval/laion_eval/i2t_R@1", "eval/laion_eval/t2i_R@5", "eval/laion_eval/headline"} <= final.keys()
+    run = tmp_path / "runs" / "my_run"
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows if "eval/laion_eval/i2t_R@1" in r] == [0, 2, 4]
+    assert load_run_config(run / "export").data.root == ""
+    assert "data/embedded" not in out + err + caplog.text
+    # the export evaluates on the same set through `jest-ds eval`, to the same numbers
+    assert cli_main(["eval", "--model", str(run / "export"), "--sets", str(held_out), "--device", "cpu",
+                     "--few-shot", "0", "--out", str(tmp_path / "eval.json")]) == 0
+    again = json.loads((tmp_path / "eval.json").read_text())["metrics"]
+    for key in ("eval/laion_eval/i2t_R@1", "eval/laion_eval/t2i_R@5"):
+        assert again[key] == pytest.approx(final[key], abs=1e-6)

@@ -9,7 +9,8 @@ A set is a directory ``<name>/`` holding webdataset shards ``*.tar`` (each sampl
 
 Zero-shot samples carry ``"label": int`` (an index into ``classes``) in their json; retrieval
 pairs each image with its caption. A zero-shot set without ``templates`` uses
-``DEFAULT_TEMPLATES``. Images get the training preprocessing (`shards.prepare_image`). Samples
+``DEFAULT_TEMPLATES``. A directory of shards with no ``eval.json`` (img2dataset output, say) is a
+retrieval set of its image-caption pairs. Images get the training preprocessing (`shards.prepare_image`). Samples
 that cannot be used (undecodable image, zero-shot sample without a label, ...) are skipped and
 counted per reason in ``EvalSet.skipped``. See docs/evaluation.md.
 """
@@ -31,6 +32,7 @@ from jest_ds.errors import DataError
 TASKS = ("zeroshot", "retrieval")
 DEFAULT_TEMPLATES = ("a photo of {}.",)  # CLIP's plain prompt, for a zero-shot set without templates
 SPEC_FILE = "eval.json"
+SHARDS_ONLY_SPEC = {"task": "retrieval", "classes": None, "templates": None}  # a directory of shards, no eval.json
 
 
 @dataclass
@@ -115,9 +117,15 @@ def list_eval_sets(root: str | Path) -> list[Path]:
     return sorted(d for d in base.iterdir() if is_eval_set(d))
 
 
-def resolve_eval_sets(entries: Iterable[str | Path], data_root: str | Path | None) -> list[Path]:
-    """Set directories for `entries`: each a set directory (with eval.json), or the name of a set
-    under ``<data_root>/eval``; no entries: every set under ``<data_root>/eval``."""
+def resolve_eval_sets(entries: Iterable[str | Path], data_root: str | Path | None,
+                      config_field: str | None = None) -> list[Path]:
+    """Set directories for `entries`: each a set directory (with eval.json), a directory holding
+    set directories (all of them, sorted; or its ``eval/``), or the name of a set under
+    ``<data_root>/eval``; no entries: every set under ``<data_root>/eval``.
+
+    `config_field` names the config field the entries come from (``eval.sets``): errors then read
+    ``eval.sets[i] = 'PATH': ...``. Two sets with the same directory name are refused (their
+    metrics would share the name ``eval/<name>/...``)."""
     entries = [str(e) for e in entries]
     root = Path(data_root) if data_root else None
     if not entries:
@@ -128,14 +136,31 @@ def resolve_eval_sets(entries: Iterable[str | Path], data_root: str | Path | Non
         if not sets:
             raise FileNotFoundError(f"no evaluation sets (directories with {SPEC_FILE}) under {root / 'eval'}")
         return sets
-    out = []
-    for entry in entries:
+    out: list[Path] = []
+    for i, entry in enumerate(entries):
+        label = f"{config_field}[{i}] = {entry!r}" if config_field else f"eval set {entry!r}"
         if is_eval_set(entry):
             out.append(Path(entry))
             continue
         if root is not None and is_eval_set(root / "eval" / entry):
             out.append(root / "eval" / entry)
             continue
+        path = Path(entry)
+        if path.is_dir():
+            found = list_eval_sets(path)
+            if found:
+                out += found
+                continue
+            if any(path.glob("*.tar")):  # plain shards (img2dataset output): a retrieval set of their pairs
+                out.append(path)
+                continue
+            if config_field:
+                raise FileNotFoundError(f"{label}: no evaluation set in this directory (a set is a directory "
+                                        f"holding {SPEC_FILE} and *.tar shards; docs/evaluation.md)")
+        if config_field and (path.is_absolute() or "/" in entry):
+            what = "is a file, not a directory" if path.is_file() else "no such directory"
+            raise FileNotFoundError(f"{label}: {what} (an evaluation set directory holding {SPEC_FILE}, "
+                                    "or a directory of such sets)")
         if root is None:
             where = "and no data root was given to look it up by name"
         elif (root / "eval").is_dir():
@@ -143,14 +168,31 @@ def resolve_eval_sets(entries: Iterable[str | Path], data_root: str | Path | Non
             where = f"and no set of that name under {root / 'eval'} (there: {', '.join(known) or 'none'})"
         else:
             where = f"and {root / 'eval'} does not exist"
-        raise FileNotFoundError(f"eval set {entry!r}: not a set directory (no {SPEC_FILE} in it) {where}")
-    return out
+        raise FileNotFoundError(f"{label}: not a set directory (no {SPEC_FILE} in it) {where}")
+    seen: dict[str, Path] = {}
+    for d in out:
+        if d.name in seen and seen[d.name].resolve() != d.resolve():
+            raise DataError(f"{config_field or 'eval sets'}: two evaluation sets are named {d.name!r} ({seen[d.name]} and "
+                            f"{d}); their metrics would share eval/{d.name}/...: rename one directory")
+        seen[d.name] = d
+    return list({d.resolve(): d for d in out}.values())
+
+
+def run_eval_sets(entries: Iterable[str], data_root: str | Path | None) -> list[Path]:
+    """The evaluation set directories of a training run (`eval.sets` and the embedded dataset's
+    root, or None when the run has none): the entries as `resolve_eval_sets` reads them, with
+    errors naming ``eval.sets[i]``; no entries: every set under ``<data_root>/eval``, or none
+    when there is no embedded dataset (a run on users' shards alone)."""
+    entries = list(entries)
+    if not entries:
+        return list_eval_sets(data_root) if data_root else []
+    return resolve_eval_sets(entries, data_root, config_field="eval.sets")
 
 
 def load_eval_set(directory: str | Path, image_size: int, skipped: SkipCounter | None = None) -> EvalSet:
     """Load a set whole; its skipped samples are counted in ``EvalSet.skipped`` (and in `skipped`)."""
     d = Path(directory)
-    spec = read_spec(d)
+    spec = read_spec(d) if is_eval_set(d) or not any(d.glob("*.tar")) else dict(SHARDS_ONLY_SPEC)
     task = spec["task"]
     skipped = skipped if skipped is not None else SkipCounter()
     before = dict(skipped.counts)

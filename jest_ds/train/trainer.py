@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from jest_ds import flops as flop_model
 from jest_ds.collectives import all_gather_cat
-from jest_ds.config import ExperimentConfig, save_config
-from jest_ds.data.eval_sets import list_eval_sets, load_eval_set
+from jest_ds.config import DEFAULT_DATA_ROOT, ExperimentConfig, save_config
+from jest_ds.data.eval_sets import load_eval_set, run_eval_sets
 from jest_ds.data.loader import SuperBatchLoader
 from jest_ds.data.shards import Batch, SkipCounter, resolve_urls
 from jest_ds.data.tokenizer import CaptionTokenizer
@@ -70,13 +70,16 @@ def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path | None, list[str], Capt
     """(embedded dataset root or None, training shard files, tokenizer), with one-line errors.
 
     The training shards are `data.train_shards` (users' own: a directory, brace pattern or list)
-    or else the embedded dataset's part `data.train_part`; with `data.root: ""` there is no
-    embedded dataset (and so no evaluation sets)."""
+    or else the embedded dataset's part `data.train_part`; with `data.root: ""` (the default when
+    `data.train_shards` is given and `data.root` is not) there is no embedded dataset: evaluation
+    sets are then only those `eval.sets` points to."""
     d = cfg.data
     root = Path(d.root) if d.root else None
+    if root is not None and not root.is_dir() and d.train_shards and d.tokenizer and d.root == DEFAULT_DATA_ROOT:
+        root = None  # the packaged configs' embedded dataset, not built: optional beside users' own shards
     if root is not None and not root.is_dir():
         raise FileNotFoundError(f"data.root = {root}: no such directory (build it with `jest-ds data build`, "
-                                "or set data.root: \"\" and data.train_shards for your own shards)")
+                                "or, for your own shards, set data.train_shards and data.tokenizer and leave data.root out)")
     if d.train_shards:
         spec = d.train_shards[0] if len(d.train_shards) == 1 else d.train_shards
         try:
@@ -214,19 +217,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _load_eval_sets(self):
-        wanted = set(self.cfg.eval.sets)
-        if self.data_root is None:  # a run on users' shards alone: evaluation sets live under data.root/eval
-            if wanted:
-                raise FileNotFoundError(f"eval.sets = {sorted(wanted)}: needs data.root (sets live under <root>/eval)")
-            return []
-        sets = []
-        for d in list_eval_sets(self.data_root):
-            if not wanted or d.name in wanted:
-                sets.append(load_eval_set(d, self.cfg.model.image_size))
-        missing = wanted - {s.name for s in sets}
-        if missing:
-            raise FileNotFoundError(f"eval.sets: {sorted(missing)} not found under {self.data_root / 'eval'}")
-        return sets
+        # eval.sets: set directories, directories of sets, or names under <data.root>/eval; none
+        # given: every set of the embedded dataset, or none on users' shards alone (jest_ds/data/eval_sets.py)
+        return [load_eval_set(d, self.cfg.model.image_size) for d in run_eval_sets(self.cfg.eval.sets, self.data_root)]
 
     def _restore(self, ckpt: Path) -> None:
         self.states.load_state_dicts(*checkpoint.load(self.engine, ckpt), where=ckpt)
