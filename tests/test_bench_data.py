@@ -1,5 +1,5 @@
-"""Smoke test of tools/bench_data.py on the synthetic dataset (CPU, world size 1)."""
-import importlib.util
+"""Smoke test of tools/bench_data.py (the module jest_ds.tools.bench_data) on the synthetic dataset
+(CPU, world size 1)."""
 import json
 from pathlib import Path
 
@@ -9,15 +9,12 @@ import yaml
 from synthetic_data import tiny_config
 from jest_ds.data.counts import count_samples
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_data.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_data", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from jest_ds.tools import bench_data
+
+    return bench_data
 
 
 @pytest.mark.slow
@@ -28,9 +25,9 @@ def test_bench_data_capacity_and_jest_step(bench, synthetic_root, tmp_path, caps
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "bench.json"
-    report = bench.main(["--config", str(config), "--workers", "0,1", "--splits", "shard", "--batches", "2",
-                         "--jpg-samples", "160", "--jpg-shards", "2", "--jpg-size", "24", "--train-workers", "0",
-                         "--steps", "1", "--warmup", "1", "--out", str(out)])
+    report = bench.run(["--config", str(config), "--workers", "0,1", "--splits", "shard", "--batches", "2",
+                        "--jpg-samples", "160", "--jpg-shards", "2", "--jpg-size", "24", "--train-workers", "0",
+                        "--steps", "1", "--warmup", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert [(c["data"].split()[0], c["workers"]) for c in report["capacity"]] == [
         ("png", 0), ("png", 1), ("jpg", 0), ("jpg", 1)]

@@ -1,6 +1,5 @@
-"""Smoke test of tools/bench_train.py on the synthetic dataset (CPU, world size 1)."""
-import importlib.util
-from pathlib import Path
+"""Smoke test of tools/bench_train.py (the module jest_ds.tools.bench_train) on the synthetic dataset
+(CPU, world size 1)."""
 
 import pytest
 import yaml
@@ -11,15 +10,12 @@ from jest_ds.reference.build import build_cache
 from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.train.trainer import Trainer
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_train.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from jest_ds.tools import bench_train
+
+    return bench_train
 
 
 def test_bench_train_iid_jest_flexi(bench, synthetic_root, tmp_path, capsys):
@@ -39,9 +35,9 @@ def test_bench_train_iid_jest_flexi(bench, synthetic_root, tmp_path, capsys):
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(base))
     out = tmp_path / "bench.json"
-    report = bench.main(["--config", str(config), "--methods", "iid,jest,flexi", "--steps", "2", "--warmup", "1",
-                         "--reference", str(ref_dir / "export"), "--reference-cache", str(cache),
-                         "--peak-flops", "1e12", "--out", str(out)])
+    report = bench.run(["--config", str(config), "--methods", "iid,jest,flexi", "--steps", "2", "--warmup", "1",
+                        "--reference", str(ref_dir / "export"), "--reference-cache", str(cache),
+                        "--peak-flops", "1e12", "--out", str(out)])
 
     assert out.exists()
     results = {r["method"]: r for r in report["results"]}

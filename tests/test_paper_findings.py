@@ -1,7 +1,7 @@
 """tools/paper_findings.py and jest_ds.reports.findings on hand-written runs whose groups and numbers
 are known by construction; the real-score Figure 2 mode of tools/selection_diagnostics.py on two
 tiny exported models and the synthetic dataset."""
-import importlib.util
+import importlib
 import json
 import math
 import re
@@ -14,16 +14,12 @@ import yaml
 
 from jest_ds.reports.findings import Setting, analyse, reference_quality, setting_of, write_findings
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
 METRIC = "eval/icon_retrieval/val_loss_batch"  # lower is better
 T975_DF1 = 12.7062  # Student-t 0.975 quantile, 1 degree of freedom (tables)
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"jest_ds.tools.{name}")
 
 
 def _run(root, name, seed, points, flops_per_step=1.0, shares=None, metric=METRIC, **selection):
