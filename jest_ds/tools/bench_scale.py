@@ -1,0 +1,470 @@
+"""Costs that decide a cluster run, measured on CPU as ratios in one run (issue 18).
+
+Every timing is the median of interleaved A/B rounds (the variants of one comparison alternate
+within each round, their order reversed every other round), so a machine shared with other jobs
+slows all variants alike; only the ratios and per-core rates measured in the same run are meant
+to be compared. Sections (``--sections``, comma list):
+
+decode     JEST's decode demand. JPEG shards in img2dataset's layout (``00000.tar`` +
+           ``00000_stats.json``, quality 95) made in a temp dir from the embedded pool's renders at
+           256 and 512 px, two kinds of content: ``upscaled`` (one render, bicubic-upscaled: flat
+           graphics) and ``textured`` (a 2x2 mosaic of tinted renders with shading and sensor-like
+           noise: a photo's file size and entropy). Candidates decoded + preprocessed per second on
+           one core (one thread, the loader's `decode_batch`: verify, decode, `prepare_image`,
+           normalise, tokenise) with full-size decoding (``JPEG_DRAFT=False``, the path before
+           issue 18) against DCT-scaled draft decoding (the default), and torchvision's
+           ``decode_jpeg`` + antialiased bicubic resize for comparison; pixel differences against
+           the full-size path. Then decode cores per GPU for the ``base`` preset at the step rate
+           the FLOP ledger predicts at ``--mfu`` of ``--peak-tflops``.
+selection  `distributed_joint_sample` wall time against world size (gloo, spawned processes, one
+           thread each; at world sizes above the core count the ranks share cores).
+engine     One training step of the tiny dual encoder at world size 1: the DeepSpeed engine at ZeRO
+           0/1/2 against plain torch AdamW (foreach and single-tensor), same model and batch.
+
+    python tools/bench_scale.py                  # all sections, a few minutes on 2 cores
+    python tools/bench_scale.py --quick          # seconds: tiny sizes, for the test
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+SECTIONS = ("decode", "selection", "engine")
+
+
+# --------------------------------------------------------------------------- timing
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each fn, the fns alternating within each round (order reversed
+    every other round)."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:  # one untimed call each (imports, allocator, caches)
+        fns[n]()
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+# --------------------------------------------------------------------------- decode
+
+def pool_pngs(root: Path, n: int) -> list[tuple[bytes, str]]:
+    """The first n (PNG bytes, caption) of the embedded pool."""
+    from jest_ds.data.shards import SkipCounter, iter_raw_samples, resolve_urls
+
+    out = []
+    for s in iter_raw_samples(resolve_urls(str(root / "pool")), SkipCounter(quiet=True)):
+        out.append((s["png"], s["caption"]))
+        if len(out) == n:
+            break
+    return out
+
+
+def render_jpeg(pngs: list[bytes], i: int, size: int, kind: str, quality: int = 95) -> tuple[bytes, np.ndarray]:
+    """Sample i as JPEG bytes at `size` px and the uint8 RGB array it encodes. ``upscaled``: render
+    i bicubic-upscaled; ``textured``: renders 4i..4i+3 tinted in a 2x2 mosaic, with shading and
+    Gaussian noise (sigma 6), seeded by i."""
+    from PIL import Image
+
+    rng = np.random.default_rng(i)
+    open_rgb = lambda k: Image.open(io.BytesIO(pngs[k % len(pngs)])).convert("RGB")
+    if kind == "upscaled":
+        a = np.asarray(open_rgb(i).resize((size, size), Image.Resampling.BICUBIC))
+    elif kind == "textured":
+        h = size // 2
+        a = np.zeros((size, size, 3), np.float32)
+        for k in range(4):
+            tile = np.asarray(open_rgb(4 * i + k).resize((h, h), Image.Resampling.BICUBIC), np.float32)
+            y, x = (k // 2) * h, (k % 2) * h
+            a[y:y + h, x:x + h] = tile * rng.uniform(0.4, 1.0, 3)
+        xx = np.arange(size, dtype=np.float32)[None, :, None] / size
+        a = a * (0.7 + 0.3 * np.sin(6 * xx + rng.uniform(0, 6))) + rng.normal(0, 6, a.shape)
+        a = np.clip(a + 0.5, 0, 255).astype(np.uint8)
+    else:
+        raise ValueError(f"unknown content kind {kind!r}")
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue(), a
+
+
+def write_img2dataset_shard(out: Path, samples: list[tuple[bytes, str]]) -> str:
+    """One shard `00000.tar` (+ `00000_stats.json`) with keys 000000000.., jpg/txt/json."""
+    from jest_ds.data.counts import stats_file
+    from jest_ds.data.shards import write_tar
+
+    out.mkdir(parents=True, exist_ok=True)
+    tar = out / "00000.tar"
+    write_tar(tar, [(f"{i:09d}", {"jpg": jpg, "txt": cap.encode(), "json": json.dumps({"key": f"{i:09d}"}).encode()})
+                    for i, (jpg, cap) in enumerate(samples)])
+    stats_file(str(tar)).write_text(json.dumps({"count": len(samples), "successes": len(samples),
+                                                "failed_to_download": 0, "failed_to_resize": 0}))
+    return str(tar)
+
+
+def torchvision_decode(data: bytes, image_size: int) -> np.ndarray:
+    """torchvision.io.decode_jpeg + antialiased bicubic resize (square images only): a comparison,
+    not the training path."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = torch.nn.functional.interpolate(x[None].float(), size=(image_size, image_size), mode="bicubic",
+                                            antialias=True)[0].add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0).numpy()
+
+
+def pixel_diff(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
+    d = [np.abs(x.astype(np.int16) - y.astype(np.int16)) for x, y in zip(a, b)]
+    return {"max": int(max(x.max() for x in d)), "mean": float(np.mean([x.mean() for x in d])),
+            "worst_image_mean": float(max(x.mean() for x in d))}
+
+
+def bench_decode(root: Path, n_images: int, file_sizes: list[int], targets: list[int], kinds: list[str],
+                 rounds: int, progress: bool = True) -> list[dict[str, Any]]:
+    """One row per (kind, file size, target): per-core candidates/s of each decode path and the
+    pixel differences against the full-size path."""
+    from jest_ds.data import shards
+    from jest_ds.data.loader import decode_batch
+    from jest_ds.data.shards import SkipCounter, decode_image, iter_raw_samples
+    from jest_ds.data.tokenizer import CaptionTokenizer
+
+    tokenizer = CaptionTokenizer.from_file(root / "tokenizer.json")
+    pngs = pool_pngs(root, 4 * n_images)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        for kind in kinds:
+            for fs in file_sizes:
+                made = [render_jpeg([p for p, _ in pngs], i, fs, kind) for i in range(n_images)]
+                url = write_img2dataset_shard(Path(tmp) / f"{kind}_{fs}",
+                                              [(jpg, pngs[i][1]) for i, (jpg, _) in enumerate(made)])
+                samples = list(iter_raw_samples([url], SkipCounter(quiet=True)))
+                assert len(samples) == n_images
+                mean_kb = statistics.fmean(len(s["png"]) for s in samples) / 1024
+                for t in targets:
+                    def run(draft: bool, t=t):
+                        old = shards.JPEG_DRAFT
+                        shards.JPEG_DRAFT = draft
+                        try:
+                            return decode_batch(samples, t, tokenizer, 64, SkipCounter(quiet=True))
+                        finally:
+                            shards.JPEG_DRAFT = old
+
+                    def tv(t=t):
+                        x = [torchvision_decode(s["png"], t) for s in samples]
+                        return shards.to_tensor(x)
+
+                    med = interleaved({"full": lambda: run(False), "draft": lambda: run(True), "torchvision": tv},
+                                      rounds)
+                    full = [decode_image(s["png"], t, jpeg_draft=False) for s in samples]
+                    drafted = [decode_image(s["png"], t, jpeg_draft=True) for s in samples]
+                    tvd = [torchvision_decode(s["png"], t) for s in samples]
+                    rate = {k: n_images / v for k, v in med.items()}
+                    rows.append({"kind": kind, "file_px": fs, "target_px": t, "mean_kb": mean_kb,
+                                 "per_core_per_s": rate, "draft_speedup": rate["draft"] / rate["full"],
+                                 "torchvision_speedup": rate["torchvision"] / rate["full"],
+                                 "draft_diff": pixel_diff(drafted, full), "torchvision_diff": pixel_diff(tvd, full)})
+                    if progress:
+                        print_decode(rows[-1:], header=len(rows) == 1)
+    return rows
+
+
+def capacity_table(rate_per_core: float, preset: str, mfu: float, peak_tflops: float,
+                   filter_ratios: tuple[float, ...] = (0.0, 0.5, 0.8, 0.9)) -> list[dict[str, Any]]:
+    """Decode cores per GPU to keep up with the ledger's step rate at `mfu` of `peak_tflops` per GPU
+    (f = 0: IID). Per GPU: candidates/s = B / (step FLOPs / (mfu · peak)), all ranks alike."""
+    from jest_ds.flops import preset_config, step_flops, with_selection
+
+    base = preset_config(preset)
+    out = []
+    for f in filter_ratios:
+        cfg = with_selection(base, method="iid" if f == 0 else "jest", filter_ratio=f if f else 0.8,
+                             reference_mode="cached")
+        total = step_flops(cfg, 1)["total"]
+        B = cfg.train.batch_size if f == 0 else cfg.super_batch_size
+        step_s = total / (mfu * peak_tflops * 1e12)  # one GPU doing the whole step; per GPU it is 1/W of both
+        cand_per_s = B / step_s
+        out.append({"filter_ratio": f, "B_per_b": B / cfg.train.batch_size, "image_size": cfg.model.image_size,
+                    "step_tflop_per_example": total / cfg.train.batch_size / 1e12,
+                    "candidates_per_s_per_gpu": cand_per_s, "cores_per_gpu": cand_per_s / rate_per_core})
+    return out
+
+
+# --------------------------------------------------------------------------- selection vs world size
+
+def _sel_rank(rank: int, world: int, port: int, B: int, b: int, d: int, n_chunks: int, reps: int, queue) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from jest_ds.selection import Embeddings
+    from jest_ds.selection.distributed import distributed_joint_sample
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(0)
+        emb = lambda: Embeddings(F.normalize(torch.randn(B, d, generator=g), dim=-1),
+                                 F.normalize(torch.randn(B, d, generator=g), dim=-1),
+                                 torch.tensor([math.log(10.0)]), torch.tensor([-10.0]))
+        lrn, ref = emb(), emb()
+        sl = lambda e: Embeddings(e.img.chunk(world)[rank], e.txt.chunk(world)[rank], e.log_scale, e.bias)
+        call = lambda: distributed_joint_sample(sl(lrn), sl(ref), b, n_chunks, "learnability", 10.0,
+                                                torch.Generator().manual_seed(1), quota=True)
+        call()
+        times = []
+        for _ in range(reps):
+            dist.barrier()
+            t0 = time.perf_counter()
+            glob, _ = call()
+            times.append(time.perf_counter() - t0)
+        if rank == 0:
+            queue.put((statistics.median(times), glob.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def bench_selection_worlds(worlds: list[int], B: int, b: int, d: int, n_chunks: int, reps: int) -> list[dict[str, Any]]:
+    """Median wall seconds of one `distributed_joint_sample` call (quota=True) per world size, and
+    whether every world size selected the same keys as `joint_sample(..., quota=W)`."""
+    import multiprocessing as mp
+
+    import torch.nn.functional as F
+
+    from jest_ds.selection import Embeddings, joint_sample
+    from jest_ds.train.distributed import free_port
+
+    g = torch.Generator().manual_seed(0)
+    emb = lambda: Embeddings(F.normalize(torch.randn(B, d, generator=g), dim=-1),
+                             F.normalize(torch.randn(B, d, generator=g), dim=-1),
+                             torch.tensor([math.log(10.0)]), torch.tensor([-10.0]))
+    lrn, ref = emb(), emb()
+    ctx = mp.get_context("spawn")
+    rows = []
+    for w in worlds:
+        q = ctx.SimpleQueue()
+        port = free_port()
+        procs = [ctx.Process(target=_sel_rank, args=(r, w, port, B, b, d, n_chunks, reps, q)) for r in range(w)]
+        for p in procs:
+            p.start()
+        sec, keys = q.get()
+        for p in procs:
+            p.join(timeout=300)
+        if any(p.exitcode != 0 for p in procs):
+            raise RuntimeError(f"selection ranks at world {w} exited with {[p.exitcode for p in procs]}")
+        with torch.inference_mode():
+            want = joint_sample(lrn, ref, b, n_chunks, "learnability", 10.0, torch.Generator().manual_seed(1),
+                                None, w).tolist()
+        rows.append({"world": w, "seconds": sec, "same_as_single_process": keys == want})
+    return rows
+
+
+# --------------------------------------------------------------------------- engine at world size 1
+
+def bench_engine(rounds: int, stages: list[int], config: str = "tiny", vocab_size: int = 5007) -> dict[str, Any]:
+    """Median seconds of one training step (forward, sigmoid loss, backward, clip, AdamW) of the
+    `config` model at world size 1, fp32: the DeepSpeed engine (`build_engine`) at each ZeRO stage
+    and plain torch AdamW (foreach, single-tensor, fused), each on its own copy of the same initial
+    model, interleaved; also the optimizer part alone (``engine.step()`` / clip + ``opt.step()``)."""
+    import dataclasses
+
+    from jest_ds.config import load_config
+    from jest_ds.losses import sigmoid_loss_dense
+    from jest_ds.models import DualEncoder
+    from jest_ds.train.distributed import init_distributed
+    from jest_ds.train.engine import build_engine, param_groups
+
+    cfg = load_config(config)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size),
+                              train=dataclasses.replace(cfg.train, precision="fp32"))
+    m, b, o = cfg.model, cfg.train.batch_size, cfg.optim
+    init_distributed(cfg.train.collective_timeout_s)
+    torch.manual_seed(0)
+    model0 = DualEncoder(m)
+    state = {k: v.clone() for k, v in model0.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(b, 3, m.image_size, m.image_size, generator=g)
+    tokens = torch.randint(1, vocab_size, (b, m.context_length), generator=g)
+    opt_time: dict[str, list[float]] = {}
+
+    def fresh():
+        net = DualEncoder(m)
+        net.load_state_dict(state)
+        return net
+
+    def engine_step(engine, name):
+        def step():
+            e = engine(images, tokens)
+            loss = sigmoid_loss_dense(e.img, e.txt, e.log_scale, e.bias)
+            engine.backward(loss)
+            t0 = time.perf_counter()
+            engine.step()
+            opt_time.setdefault(name, []).append(time.perf_counter() - t0)
+        return step
+
+    def plain_step(net, opt, name):
+        def step():
+            opt.zero_grad(set_to_none=True)
+            e = net(images, tokens)
+            sigmoid_loss_dense(e.img, e.txt, e.log_scale, e.bias).backward()
+            t0 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
+            opt.step()
+            opt_time.setdefault(name, []).append(time.perf_counter() - t0)
+        return step
+
+    fns = {}
+    for stage in stages:
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, zero_stage=stage))
+        fns[f"deepspeed ZeRO-{stage}"] = engine_step(build_engine(c, fresh(), 1), f"deepspeed ZeRO-{stage}")
+    for kind, kw in (("foreach", {"foreach": True}), ("single-tensor", {"foreach": False}), ("fused", {"fused": True})):
+        net = fresh()
+        try:
+            opt = torch.optim.AdamW(param_groups(net, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                    **kw)
+        except (RuntimeError, ValueError, TypeError):
+            continue  # not supported by this torch on this device
+        fns[f"torch AdamW {kind}"] = plain_step(net, opt, f"torch AdamW {kind}")
+    med = interleaved(fns, rounds)
+    params = sum(p.numel() for p in model0.parameters())
+    return {"config": config, "params": params, "batch": b, "image_size": m.image_size,
+            "step_s": med, "optimizer_s": {k: statistics.median(v[1:]) for k, v in opt_time.items()}}
+
+
+# --------------------------------------------------------------------------- report
+
+def machine() -> dict[str, Any]:
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "loadavg_start": list(os.getloadavg())}
+
+
+def print_decode(rows: list[dict[str, Any]], header: bool = True) -> None:
+    if header:
+        print("\n## decode: candidates per second per core (median of interleaved rounds)")
+        print("| content | file px | KiB | model px | full | draft | draft/full | torchvision/full "
+          "| draft diff max / mean | torchvision diff max / mean |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        c, dd, td = r["per_core_per_s"], r["draft_diff"], r["torchvision_diff"]
+        print(f"| {r['kind']} | {r['file_px']} | {r['mean_kb']:.0f} | {r['target_px']} | {c['full']:.0f} | "
+              f"{c['draft']:.0f} | {r['draft_speedup']:.2f}x | {r['torchvision_speedup']:.2f}x | "
+              f"{dd['max']} / {dd['mean']:.2f} | {td['max']} / {td['mean']:.2f} |", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few rounds (seconds; for tests)")
+    p.add_argument("--data-root", default="data/embedded", help="the embedded dataset (pool/ and tokenizer.json)")
+    p.add_argument("--images", type=int, default=12, help="JPEGs per shard")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per comparison")
+    p.add_argument("--file-sizes", default="256,512")
+    p.add_argument("--targets", default="64,224,256", help="model input sizes (256: the base preset's)")
+    p.add_argument("--kinds", default="upscaled,textured")
+    p.add_argument("--preset", default="base", help="FLOP preset for the capacity table")
+    p.add_argument("--mfu", type=float, default=0.4)
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="per-GPU peak (H100 SXM dense bf16: 989)")
+    p.add_argument("--worlds", default="1,2,4,8")
+    p.add_argument("--sel-B", type=int, default=4096)
+    p.add_argument("--sel-b", type=int, default=1024)
+    p.add_argument("--engine-config", default="tiny", help="experiment config whose model the engine section trains")
+    p.add_argument("--out", default="", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.rounds, args.file_sizes, args.targets = 3, 2, "256", "64"
+        args.kinds, args.worlds, args.sel_B, args.sel_b = "textured", "1,2", 256, 64
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sections = [s for s in args.sections.split(",") if s]
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        print(f"unknown section(s) {bad} (known: {', '.join(SECTIONS)})", file=sys.stderr)
+        return 2
+    ints = lambda s: [int(x) for x in s.split(",") if x]
+    torch.set_num_threads(1)  # per-core figures: one decode thread, one engine thread
+    report: dict[str, Any] = {"machine": machine(), "args": vars(args)}
+    print(f"# bench_scale {report['machine']['date']}  {report['machine']['platform']}  "
+          f"{report['machine']['cpus']} CPUs  load {report['machine']['loadavg_start']}")
+
+    if "decode" in sections:
+        root = Path(args.data_root)
+        if not (root / "pool").is_dir():
+            print(f"{root / 'pool'}: no such directory (the embedded dataset)", file=sys.stderr)
+            return 2
+        rows = bench_decode(root, args.images, ints(args.file_sizes), ints(args.targets),
+                            [k for k in args.kinds.split(",") if k], args.rounds)
+        report["decode"] = rows
+        # capacity at the preset's input size, from the largest files measured, the slower content
+        size = preset_image_size(args.preset)
+        at = [r for r in rows if r["target_px"] == size and r["file_px"] == max(ints(args.file_sizes))]
+        if not at:
+            at = [r for r in rows if r["target_px"] == max(ints(args.targets))]
+        slow = min(at, key=lambda r: r["per_core_per_s"]["draft"])
+        report["capacity"] = {"from": {k: slow[k] for k in ("kind", "file_px", "target_px")}, "rows": {}}
+        print(f"\n## decode cores per GPU: preset {args.preset} at {args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s, "
+              f"decode rate of {slow['kind']} {slow['file_px']}-px JPEGs at {slow['target_px']} px")
+        print("| f | B/b | candidates/s per GPU | cores (full decode) | cores (draft) |")
+        print("|---|---|---|---|---|")
+        for path in ("full", "draft"):
+            report["capacity"]["rows"][path] = capacity_table(slow["per_core_per_s"][path], args.preset,
+                                                              args.mfu, args.peak_tflops)
+        for full, draft in zip(report["capacity"]["rows"]["full"], report["capacity"]["rows"]["draft"]):
+            print(f"| {full['filter_ratio']:g} | {full['B_per_b']:.0f} | {full['candidates_per_s_per_gpu']:,.0f} | "
+                  f"{full['cores_per_gpu']:.1f} | {draft['cores_per_gpu']:.1f} |")
+
+    if "selection" in sections:
+        rows = bench_selection_worlds(ints(args.worlds), args.sel_B, args.sel_b, 64, 4, max(1, args.rounds // 2))
+        report["selection"] = rows
+        print(f"\n## distributed_joint_sample (quota=True) vs world size: B={args.sel_B}, b={args.sel_b}, d=64, "
+              f"N=4, one thread per rank, {os.cpu_count()} CPUs")
+        print("| world | s per call | vs world 1 | keys = joint_sample(quota=W) |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['world']} | {r['seconds']:.3f} | {r['seconds'] / rows[0]['seconds']:.2f}x | "
+                  f"{r['same_as_single_process']} |")
+
+    if "engine" in sections:
+        e = report["engine"] = bench_engine(args.rounds, [0, 1, 2], args.engine_config)
+        ref = e["step_s"]["deepspeed ZeRO-2"]
+        print(f"\n## training step at world size 1, fp32: {args.engine_config} model ({e['params'] / 1e6:.2f}M params, "
+              f"b={e['batch']}, {e['image_size']} px), median of {args.rounds} interleaved rounds")
+        print("| path | step ms | optimizer part ms | step speed vs ZeRO-2 |")
+        print("|---|---|---|---|")
+        for k, v in e["step_s"].items():
+            print(f"| {k} | {v * 1e3:.1f} | {e['optimizer_s'][k] * 1e3:.1f} | {ref / v:.2f}x |")
+
+    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def preset_image_size(preset: str) -> int:
+    from jest_ds.flops import model_preset
+
+    return model_preset(preset).image_size
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

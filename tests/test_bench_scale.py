@@ -1,0 +1,54 @@
+"""tools/bench_scale.py: its --quick run prints well-formed tables and JSON (no speed is asserted)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from jest_ds.flops import preset_config, step_flops, with_selection
+from jest_ds.tools.bench_scale import capacity_table, interleaved, main
+
+ROOT = Path(__file__).resolve().parents[1] / "data" / "embedded"
+
+
+def test_capacity_table_follows_the_ledger():
+    rows = capacity_table(100.0, "base", 0.4, 989.0)
+    assert [r["filter_ratio"] for r in rows] == [0.0, 0.5, 0.8, 0.9]
+    assert [round(r["B_per_b"]) for r in rows] == [1, 2, 5, 10]
+    cfg = with_selection(preset_config("base"), method="jest", filter_ratio=0.8, reference_mode="cached")
+    step_s = step_flops(cfg, 1)["total"] / (0.4 * 989e12)
+    assert rows[2]["candidates_per_s_per_gpu"] == pytest.approx(cfg.super_batch_size / step_s)
+    assert rows[2]["cores_per_gpu"] == pytest.approx(rows[2]["candidates_per_s_per_gpu"] / 100.0)
+    # twice the per-core rate, half the cores
+    assert capacity_table(200.0, "base", 0.4, 989.0)[2]["cores_per_gpu"] == pytest.approx(rows[2]["cores_per_gpu"] / 2)
+
+
+def test_interleaved_calls_every_variant_each_round():
+    calls = []
+    med = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
+    assert set(med) == {"a", "b"} and all(v >= 0 for v in med.values())
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then order reversed every other round
+
+
+def test_unknown_section_is_an_error(capsys):
+    assert main(["--sections", "decode,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "pool").is_dir(), reason="needs the embedded dataset (data/embedded)")
+def test_quick_decode_run_is_well_formed(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["--quick", "--sections", "decode", "--images", "2", "--rounds", "1", "--data-root", str(ROOT),
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "## decode: candidates per second per core" in text and "## decode cores per GPU" in text
+    report = json.loads(out.read_text())
+    assert report["machine"]["date"] and report["machine"]["cpus"] >= 1
+    (row,) = report["decode"]
+    assert (row["kind"], row["file_px"], row["target_px"]) == ("textured", 256, 64)
+    assert set(row["per_core_per_s"]) == {"full", "draft", "torchvision"}
+    assert all(v > 0 for v in row["per_core_per_s"].values())
+    assert row["draft_diff"]["max"] >= 0 and row["draft_diff"]["mean"] >= 0
+    caps = report["capacity"]["rows"]
+    assert [r["filter_ratio"] for r in caps["draft"]] == [0.0, 0.5, 0.8, 0.9]
+    assert all(r["cores_per_gpu"] > 0 for r in caps["full"] + caps["draft"])
