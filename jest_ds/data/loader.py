@@ -15,6 +15,9 @@ state = loader.state_dict()          # after the batches consumed so far
 loader.load_state_dict(state)        # the next iter(loader) continues exactly there
 ```
 
+In sample mode the saved position is the global stream's, the same on every rank, so a
+checkpoint resumes at any world size (``resharded``); in shard mode only at its own.
+
 ``num_workers = -1`` means ``max(1, cores // local ranks - 1)``: the CPU cores this process may
 use, shared among the ranks of the node (``LOCAL_WORLD_SIZE`` from torchrun, ``LOCAL_SIZE``
 from the deepspeed launcher, else 1), minus one core for the training process itself.
@@ -241,6 +244,25 @@ class SuperBatchLoader:
             self._position = Position.from_list(state["position"])
         else:
             self._slots = [Position.from_list(s) for s in state["slots"]]
+
+    def resharded(self, states: list[dict], rank: int, world: int, where) -> dict:
+        """This rank's loader state from the states the ``len(states)`` ranks of a checkpoint saved
+        (checkpoint ``where``), for a run on ``world`` ranks. Sample mode: every rank saved the same
+        global position (the next item of the global stream, which does not depend on the world
+        size), so the stream continues there; shard mode deals shards to ranks × workers and
+        cannot be re-dealt without repeating or skipping examples of the epoch."""
+        first = states[0]
+        if first["split"] == "shard":
+            raise DataError(
+                f"checkpoint {where}: its data order deals shards to {first['world_size']} rank(s) × "
+                f"{first['workers']} worker(s) (data.split = shard) and cannot be re-dealt to {world} rank(s) "
+                f"without repeating or skipping examples: resume it on {first['world_size']} rank(s) "
+                "(runs that must change size need data.split = sample)")
+        if any((s["split"], s["seed"], s["position"], s["batches"]) !=
+               (first["split"], first["seed"], first["position"], first["batches"]) for s in states[1:]):
+            raise DataError(f"checkpoint {where}: its ranks saved different data positions "
+                            f"({sorted({tuple(s['position']) for s in states})}): resume from another checkpoint")
+        return {**first, "world_size": world, "workers": self.plan.workers}
 
     # -- iteration ----------------------------------------------------------------------------
     def _start(self) -> dict:

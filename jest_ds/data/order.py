@@ -41,7 +41,10 @@ Resume (``Position``). A position is ``(epoch, offset)``: the next item is item 
 that epoch's order (of the global stream in sample mode, of the slot's stream in shard mode).
 Every batch carries the position after it. A resumed reader replays the epoch from its start,
 skipping ``offset`` items by their tar bytes alone (no PNG check, no decode), so it reproduces
-the uninterrupted stream exactly.
+the uninterrupted stream exactly. In sample mode the position is the global stream's, the same on
+every rank and independent of the world size and the workers, so a checkpoint resumes on any
+number of ranks (``SuperBatchLoader.resharded``); a shard-mode position belongs to its slot and
+resumes only with the same ranks × workers.
 
 Skips. Structural skips (a sample without image or caption, bad json, a truncated or corrupt
 shard) are *events* attached to the next valid item of the stream; they are counted by the

@@ -16,12 +16,23 @@ refused where later checkpoints of an abandoned continuation would outrank the n
 `trainer.json` records the run's config so that a resume under another config names the fields
 that differ (`check_resume_config`). Writes that fail for lack of space or permission end in one
 line naming the path (`jest_ds.train.failures.StorageError`).
+
+Another world size (docs/cluster.md "Resuming at another world size"): a checkpoint written by N
+ranks resumes on M. Each per-rank part says how the N saved states become rank r's of M
+(`resharded(states, rank, world, where)`; a part without it cannot move). DeepSpeed's partitioned
+optimizer state is converted once, by rank 0, into DeepSpeed's universal checkpoint format
+(`deepspeed.checkpoint.ds_to_universal`) in `<checkpoint>/universal/`, which the engine loads at
+any data-parallel size (`checkpoint: {load_universal: true}` in its config).
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +44,7 @@ import torch.distributed as dist
 
 from jest_ds.train.failures import RunDirectoryError, writing
 from jest_ds.errors import DataError
+from jest_ds.train.selection_record import RECORD_DTYPE, empty_record, grown
 
 COMPLETE = "COMPLETE"
 CONFIG_KEY = "config"  # trainer.json: the run's whole config (ExperimentConfig.to_dict()) at save time
@@ -110,6 +122,63 @@ class RngStates:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_rng_state(state, self.selection_generator)
 
+    @staticmethod
+    def resharded(states: list[dict[str, Any]], rank: int, world: int, where: Path) -> dict[str, Any]:
+        """Rank `rank` of `world` from the RNGs the checkpoint's ranks saved: the selection generator
+        (the same on every rank) continues as it was; the other RNGs are old rank `rank % N`'s."""
+        selection = states[0]["selection"]
+        if any(not torch.equal(s["selection"], selection) for s in states[1:]):
+            raise DataError(f"checkpoint {where}: its ranks' selection RNG states differ (they must be equal): "
+                            "resume it at its own world size")
+        return {**states[rank % len(states)], "selection": selection}
+
+
+class OnRankZero:
+    """A per-rank part whose states, at another world size, are merged (`merge`) onto rank 0; the
+    other ranks start from `empty` (skip counts, the selection record: both are sums over ranks)."""
+
+    def __init__(self, part: Stateful, merge, empty: Any):
+        self.part, self.merge, self.empty = part, merge, empty
+
+    def state_dict(self) -> Any:
+        return self.part.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.part.load_state_dict(state)
+
+    def resharded(self, states: list[Any], rank: int, world: int, where: Path) -> Any:
+        return self.merge(states) if rank == 0 else self.empty
+
+
+def sum_counts(states: list[Mapping[str, int]]) -> dict[str, int]:
+    """Skip counts of several ranks, summed by reason."""
+    out: dict[str, int] = {}
+    for counts in states:
+        for reason, n in counts.items():
+            out[reason] = out.get(reason, 0) + int(n)
+    return dict(sorted(out.items()))
+
+
+def merge_selection_records(states: list[Mapping[str, Mapping[str, torch.Tensor]]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Selection-record states (`SelectionRecord.state_dict`) of several ranks as one, as
+    `selection_record.load_record` merges their files: counts add, the learnability and step
+    come from the rank that offered the sample last."""
+    merged: dict[str, np.ndarray] = {}
+    for state in states:
+        for url, fields in state.items():
+            rec = empty_record(fields["offered"].shape[0])
+            for f in RECORD_DTYPE.names:
+                rec[f] = fields[f].numpy()
+            have = grown(merged.get(url, empty_record(0)), rec.shape[0])
+            rec = grown(rec, have.shape[0])
+            later = rec["step"] > have["step"]
+            have["offered"] += rec["offered"]
+            have["selected"] += rec["selected"]
+            have["learnability"][later] = rec["learnability"][later]
+            have["step"][later] = rec["step"][later]
+            merged[url] = have
+    return {url: {f: torch.from_numpy(rec[f].copy()) for f in RECORD_DTYPE.names} for url, rec in merged.items()}
+
 
 @dataclass
 class States:
@@ -131,6 +200,25 @@ class States:
         """Every part from what `load` read (a part that the checkpoint predates: see ADDED_LATER)."""
         _load_parts(self.per_rank, rank_state, where)
         _load_parts(self.shared, shared_state, where)
+
+    def resharded(self, rank_states: list[Mapping[str, Any]], where: Path, rank: int, world: int) -> dict[str, Any]:
+        """This rank's per-rank state at world size `world` from every rank file of a checkpoint
+        written at another (`rank_states`, rank order); a one-line DataError for a part that
+        cannot move to another world size."""
+        out = {}
+        for name, part in self.per_rank.items():
+            saved = [s[name] for s in rank_states if name in s]
+            if not saved:
+                continue  # a part the checkpoint predates: `load_state_dicts` decides
+            if len(saved) != len(rank_states):
+                raise DataError(f"checkpoint {where}: only some of its rank files hold {name!r}: resume from "
+                                "another checkpoint")
+            reshard = getattr(part, "resharded", None)
+            if reshard is None:
+                raise DataError(f"checkpoint {where}: its {name!r} state was written by {len(rank_states)} "
+                                f"rank(s) and cannot be carried to {world}: resume it at {len(rank_states)}")
+            out[name] = reshard(saved, rank, world, where)
+        return out
 
 
 # Parts that checkpoints of earlier jest-ds versions do not hold: on resume they keep their fresh
@@ -235,14 +323,92 @@ def load(engine, ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore the engine from `ckpt_dir`; returns (this rank's state, trainer.json) for
     `States.load_state_dicts` (every rank calls it)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
-    load_path, _ = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name,
-                                          load_optimizer_states=True, load_lr_scheduler_states=True)
-    if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {ckpt_dir}")
+    load_engine(engine, ckpt_dir)
     rank_file = ckpt_dir / f"rank_{rank}.pt"
     if not rank_file.is_file():
         raise FileNotFoundError(f"{rank_file} missing: was the checkpoint written with another world size?")
     return torch.load(rank_file, weights_only=True), trainer_json(ckpt_dir)
+
+
+def load_engine(engine, ckpt_dir: Path, universal: bool = False) -> None:
+    """DeepSpeed's part of `ckpt_dir` into `engine`. `universal`: from the checkpoint's universal
+    form (`universal_form`; the engine was built with `load_universal`, see `needs_universal`)."""
+    if universal:
+        load_dir, tag = universal_form(ckpt_dir), UNIVERSAL
+        load_dir = load_dir.parent
+    else:
+        load_dir, tag = ckpt_dir.parent, ckpt_dir.name
+    load_path, _ = engine.load_checkpoint(str(load_dir), tag=tag,
+                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {ckpt_dir}")
+
+
+# --------------------------------------------------------------------------- another world size
+UNIVERSAL = "universal"  # <checkpoint>/universal/: DeepSpeed's universal form of the engine state
+_RANK_FILE = re.compile(r"rank_(\d+)\.pt")
+
+
+def saved_world_size(ckpt_dir: Path) -> int:
+    """How many ranks wrote `ckpt_dir` (its rank_<r>.pt files, which must be 0 … N-1)."""
+    ranks = sorted(int(m.group(1)) for p in Path(ckpt_dir).iterdir() if (m := _RANK_FILE.fullmatch(p.name)))
+    if not ranks or ranks != list(range(len(ranks))):
+        raise DataError(f"checkpoint {ckpt_dir}: its rank files ({', '.join(f'rank_{r}.pt' for r in ranks) or 'none'}) "
+                        "are not rank_0.pt … rank_<N-1>.pt: resume from another checkpoint")
+    return len(ranks)
+
+
+def rank_states(ckpt_dir: Path) -> list[dict[str, Any]]:
+    """Every rank file of `ckpt_dir`, in rank order (for `States.resharded`)."""
+    return [torch.load(Path(ckpt_dir) / f"rank_{r}.pt", weights_only=True) for r in range(saved_world_size(ckpt_dir))]
+
+
+def needs_universal(ckpt_dir: Path, world: int) -> bool:
+    """Whether resuming `ckpt_dir` on `world` ranks needs DeepSpeed's universal form: the world size
+    differs and DeepSpeed partitioned the optimizer state over the ranks (ZeRO-1/2/3; ZeRO-0's
+    state is whole in mp_rank_00_model_states.pt and loads at any world size)."""
+    return saved_world_size(ckpt_dir) != world and any(Path(ckpt_dir).glob("*zero_pp_rank_*_optim_states.pt"))
+
+
+def universal_form(ckpt_dir: Path) -> Path:
+    """`<ckpt_dir>/universal/`, made from the checkpoint's ZeRO files with DeepSpeed's
+    `ds_to_universal` the first time it is needed (rank 0 converts, every rank calls it and waits).
+    The conversion runs in a `universal.tmp/` renamed when done, so a cut-off one is never used."""
+    ckpt_dir = Path(ckpt_dir)
+    out = ckpt_dir / UNIVERSAL
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    failure = ""
+    if rank == 0 and not out.is_dir():
+        tmp = ckpt_dir / f"{UNIVERSAL}.tmp"
+        try:
+            with writing(tmp):
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                _ds_to_universal(ckpt_dir, tmp)
+                os.replace(tmp, out)
+                (ckpt_dir / "latest_universal").unlink(missing_ok=True)  # the converter's pointer (to the .tmp)
+        except Exception as exc:  # noqa: BLE001 - reported to every rank as one line
+            failure = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [failure]
+        dist.broadcast_object_list(box, src=0)
+        failure = box[0]
+    if failure:
+        raise DataError(f"checkpoint {ckpt_dir}: DeepSpeed could not convert it to its universal form for another "
+                        f"world size ({failure}): resume it at {saved_world_size(ckpt_dir)} rank(s)")
+    return out
+
+
+def _ds_to_universal(ckpt_dir: Path, out: Path) -> None:
+    """DeepSpeed's converter, in this process (one extraction and merge worker), quiet."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(input_folder=str(ckpt_dir), output_folder=str(out), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              inject_missing_state=True)  # jest-ds checkpoints carry no Megatron-style info
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        ds_to_universal.main(args)
 
 
 def trainer_json(ckpt_dir: Path) -> dict[str, Any]:

@@ -32,15 +32,19 @@ def warmup_cosine(total_steps: int, warmup_fraction: float, min_ratio: float):
     return factor
 
 
-def build_engine(cfg: ExperimentConfig, model: nn.Module, world_size: int):
+def build_engine(cfg: ExperimentConfig, model: nn.Module, world_size: int, load_universal: bool = False):
+    """`load_universal`: the engine will load a DeepSpeed universal checkpoint (a resume at another
+    world size, jest_ds/train/checkpoint.py `needs_universal`)."""
     import deepspeed
 
     o = cfg.optim
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.train.steps, o.warmup_fraction, o.min_lr_ratio))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg, world_size))
+    ds = deepspeed_config(cfg, world_size)
+    if load_universal:
+        ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
     return engine
 
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections import Counter
@@ -166,7 +167,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
-        self.engine = build_engine(cfg, DualEncoder(cfg.model), self.world)
+        # A checkpoint of another world size whose ZeRO state is partitioned loads in DeepSpeed's
+        # universal form (docs/cluster.md "Resuming at another world size").
+        self.universal_resume = ckpt is not None and checkpoint.needs_universal(ckpt, self.world)
+        self.engine = build_engine(cfg, DualEncoder(cfg.model), self.world, load_universal=self.universal_resume)
         self.reference = ReferenceScorer(cfg, self.train_urls, self.device, self.world, self.tokenizer,
                                          partition=lambda model: build_frozen_engine(cfg, model, self.world))
         self.score_spec = ScoreSpec.of(cfg.selection) if cfg.selection.method != "iid" else None
@@ -201,7 +205,9 @@ class Trainer:
         # What a checkpoint holds besides the engine, each part named once (jest_ds/train/checkpoint.py)
         self.states = checkpoint.States(
             per_rank={"rng": checkpoint.RngStates(self.selection_rng), "loader": self.loader,
-                      "skipped": self.skipped, "selection_record": self.selection_record},
+                      "skipped": checkpoint.OnRankZero(self.skipped, checkpoint.sum_counts, {}),
+                      "selection_record": checkpoint.OnRankZero(self.selection_record,
+                                                                checkpoint.merge_selection_records, {})},
             shared={"step": checkpoint.Attribute(self, "step"), "ledger": self.ledger,
                     "nonfinite_total": checkpoint.Attribute(self, "nonfinite_total"), "best": self.best})
         if ckpt is not None:
@@ -222,9 +228,35 @@ class Trainer:
         return [load_eval_set(d, self.cfg.model.image_size) for d in run_eval_sets(self.cfg.eval.sets, self.data_root)]
 
     def _restore(self, ckpt: Path) -> None:
-        self.states.load_state_dicts(*checkpoint.load(self.engine, ckpt), where=ckpt)
+        saved_world = checkpoint.saved_world_size(ckpt)
+        if saved_world == self.world:
+            self.states.load_state_dicts(*checkpoint.load(self.engine, ckpt), where=ckpt)
+        else:
+            self._restore_resharded(ckpt, saved_world)
         if self.is_main:
             log.info("resumed from %s at step %d", ckpt, self.step)
+
+    def _restore_resharded(self, ckpt: Path, saved_world: int) -> None:
+        """Resume a checkpoint written by `saved_world` ranks on `self.world`: each per-rank part
+        says how the saved states become this rank's (checkpoint.States.resharded, checked before
+        the engine is touched), the engine loads DeepSpeed's universal form of ZeRO state, and the
+        selection record files on disk are rewritten for the new ranks at once (rank 0 holds the
+        merged record; the files of ranks that no longer exist go)."""
+        mine = self.states.resharded(checkpoint.rank_states(ckpt), ckpt, self.rank, self.world)
+        checkpoint.load_engine(self.engine, ckpt, universal=self.universal_resume)
+        self.states.load_state_dicts(mine, checkpoint.trainer_json(ckpt), where=ckpt)
+        with writing(self.selection_record.directory):
+            self.selection_record.flush()
+        if self.is_main:
+            for stale in self.selection_record.directory.parent.glob("rank_*"):
+                suffix = stale.name.removeprefix("rank_")
+                if suffix.isdigit() and int(suffix) >= self.world:
+                    with writing(stale):
+                        shutil.rmtree(stale)
+            log.info("checkpoint %s was written by %d rank(s); continuing on %d%s", ckpt, saved_world, self.world,
+                     " (engine state from its DeepSpeed universal form)" if self.universal_resume else "")
+        if dist.is_initialized():
+            dist.barrier()
 
     # ------------------------------------------------------------------ the step
     def batch_generator(self):
