@@ -28,6 +28,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from jest_ds.config import DataConfig, SelectionConfig
 from jest_ds.models.export import CHECKSUMS
@@ -140,9 +141,16 @@ class Findings:
     baseline: Group
     references: dict[str, tuple[float, int] | None]  # reference path -> (its metric, step) or None
 
-    def select(self, **fields) -> list[Group]:
-        """The groups whose setting has every given field value."""
-        return [g for g in self.groups if all(getattr(g.setting, k) == v for k, v in fields.items())]
+    def select(self, where: Callable[[Setting], bool] | None = None, **fields) -> list[Group]:
+        """The groups (in order) whose setting has every given field value, and passes `where` if given.
+
+        A tuple, list or set of values means any of them (no `Setting` field holds a collection):
+        ``select(method=("jest", "independent"), flexi=False)``."""
+        def wanted(value, want) -> bool:
+            return value in want if isinstance(want, (tuple, list, set, frozenset)) else value == want
+
+        return [g for g in self.groups if all(wanted(getattr(g.setting, k), v) for k, v in fields.items())
+                and (where is None or where(g.setting))]
 
 
 def group_runs(runs: list[Run]) -> dict[Setting, list[Run]]:
@@ -275,17 +283,16 @@ def _reference_varies(groups: list[Group]) -> bool:
 def default_jest_group(fd: Findings) -> Group | None:
     """The JEST (learnability, no Flexi) group with the most seeds (the first of the largest): its gain
     and n_chunks are the setting the other sections compare at; the sweep section shows the others."""
-    jest = [g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
-            and g.setting.score == "learnability"]
+    jest = fd.select(method="jest", flexi=False, score="learnability")
     return max(jest, key=lambda g: len(g.runs)) if jest else None
 
 
 def at_default_sampler(fd: Findings) -> list[Group]:
     base = default_jest_group(fd)
     if base is None:
-        return list(fd.groups)
-    return [g for g in fd.groups if g.setting.method == "iid"
-            or (g.setting.gain == base.setting.gain and g.setting.n_chunks in (None, base.setting.n_chunks))]
+        return fd.select()
+    gain, n_chunks = base.setting.gain, base.setting.n_chunks
+    return fd.select(where=lambda s: s.method == "iid" or (s.gain == gain and s.n_chunks in (None, n_chunks)))
 
 
 def sampler_sweep(fd: Findings) -> str | None:
@@ -293,9 +300,9 @@ def sampler_sweep(fd: Findings) -> str | None:
     base = default_jest_group(fd)
     if base is None:
         return None
-    groups = [g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
-              and g.setting.score == "learnability" and g.setting.train_part == base.setting.train_part
-              and g.setting.filter_ratio == base.setting.filter_ratio and g.setting.reference == base.setting.reference]
+    b = base.setting
+    groups = fd.select(method="jest", flexi=False, score="learnability", train_part=b.train_part,
+                       filter_ratio=b.filter_ratio, reference=b.reference)
     if len(groups) < 2:
         return None
     groups.sort(key=lambda g: (g.setting.gain, g.setting.n_chunks))
@@ -310,8 +317,7 @@ def sampler_sweep(fd: Findings) -> str | None:
 
 def joint_vs_independent(fd: Findings) -> tuple[str, list[Group]] | None:
     """Fig. 3: JEST and independent selection (learnability, no Flexi) at each filter ratio."""
-    groups = [g for g in fd.groups if g.setting.method in ("jest", "independent") and not g.setting.flexi
-              and g.setting.score == "learnability" and g.setting.train_part == "pool"]
+    groups = fd.select(method=("jest", "independent"), flexi=False, score="learnability", train_part="pool")
     if not groups:
         return None
     groups.sort(key=lambda g: (g.setting.filter_ratio, g.setting.method, g.setting.reference or ""))
@@ -328,10 +334,9 @@ def joint_vs_independent(fd: Findings) -> tuple[str, list[Group]] | None:
 
 def scoring_variants(fd: Findings) -> str | None:
     """Learnability vs easy_reference vs hard_learner, JEST without Flexi, at each filter ratio one of them ran."""
-    jest = [g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
-            and g.setting.train_part == "pool"]
-    ratios = {g.setting.filter_ratio for g in jest if g.setting.score != "learnability"}
-    groups = [g for g in jest if g.setting.filter_ratio in ratios]
+    jest = dict(method="jest", flexi=False, train_part="pool")
+    ratios = {g.setting.filter_ratio for g in fd.select(**jest, where=lambda s: s.score != "learnability")}
+    groups = fd.select(**jest, filter_ratio=ratios)
     if not groups:
         return None
     groups.sort(key=lambda g: (g.setting.filter_ratio, METHODS.index(g.setting.score), g.setting.reference or ""))
@@ -350,12 +355,11 @@ def scoring_variants(fd: Findings) -> str | None:
 
 def flexi(fd: Findings) -> str | None:
     """Fig. 4: Flexi-JEST by its low-resolution share, next to JEST at the same filter ratio and score."""
-    flexis = [g for g in fd.groups if g.setting.method == "jest" and g.setting.flexi and g.setting.train_part == "pool"]
+    flexis = fd.select(method="jest", flexi=True, train_part="pool")
     if not flexis:
         return None
     kinds = {(g.setting.filter_ratio, g.setting.score) for g in flexis}
-    plain = [g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
-             and g.setting.train_part == "pool" and (g.setting.filter_ratio, g.setting.score) in kinds]
+    plain = fd.select(method="jest", flexi=False, train_part="pool", where=lambda s: (s.filter_ratio, s.score) in kinds)
     groups = sorted(plain + flexis, key=lambda g: (g.setting.filter_ratio, g.setting.score, g.setting.flexi,
                                                    g.setting.low_res_fraction or 0.0, g.setting.reference or ""))
     with_ref = _reference_varies(groups)
@@ -380,8 +384,7 @@ def flexi(fd: Findings) -> str | None:
 
 def reference_quality_section(fd: Findings) -> str | None:
     """JEST (learnability, no Flexi) with each reference, best reference first."""
-    groups = [g for g in fd.groups if g.setting.method == "jest" and not g.setting.flexi
-              and g.setting.score == "learnability" and g.setting.train_part == "pool"]
+    groups = fd.select(method="jest", flexi=False, score="learnability", train_part="pool")
     if not groups:
         return None
     sign = 1 if fd.lower else -1
@@ -406,8 +409,9 @@ def reference_quality_section(fd: Findings) -> str | None:
 
 def selecting_groups(fd: Findings) -> list[Group]:
     """Groups that select and logged a chosen share (the selection-over-training plot)."""
-    return [g for g in fd.groups if g.setting.method != "iid"
-            and any(k in r.series for r in g.runs for k in ("sel/noisy_share_chosen", "sel/target_share_chosen"))]
+    chosen = ("sel/noisy_share_chosen", "sel/target_share_chosen")
+    return [g for g in fd.select(where=lambda s: s.method != "iid")
+            if any(k in r.series for r in g.runs for k in chosen)]
 
 
 def header_text(fd: Findings) -> str:
