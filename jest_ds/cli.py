@@ -123,11 +123,41 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "open_clip":
+        return _export_open_clip(args)
+    if args.model:
+        raise ConfigError("jest-ds export: --model converts an export to another --format (open_clip); "
+                          "a jest-ds export is made from a training --checkpoint")
+    if not args.checkpoint:
+        raise ConfigError("jest-ds export: --checkpoint is required (a run's checkpoint directory)")
     from jest_ds.train.export import export_checkpoint
 
     digest, step_dir = export_checkpoint(args.checkpoint, args.out, config=args.config or None,
                                          tokenizer_file=args.tokenizer or None)
     print(json.dumps({"checkpoint": str(step_dir), "out": args.out, "sha256": digest}))
+    return 0
+
+
+def _export_open_clip(args: argparse.Namespace) -> int:
+    """`--format open_clip`: from a jest-ds export (--model), or a checkpoint exported first."""
+    import tempfile
+
+    from jest_ds.models.open_clip_export import export_open_clip
+
+    if bool(args.model) == bool(args.checkpoint):
+        raise ConfigError("jest-ds export --format open_clip: give exactly one of --model (a jest-ds export "
+                          "directory) or --checkpoint")
+    if args.model:
+        info = export_open_clip(args.model, args.out)
+    else:
+        from jest_ds.train.export import export_checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="jest_ds_export_") as tmp:
+            export_checkpoint(args.checkpoint, tmp, config=args.config or None, tokenizer_file=args.tokenizer or None)
+            info = export_open_clip(tmp, args.out)
+    out = Path(args.out).resolve()
+    print(json.dumps({"out": str(out), "load": f"open_clip.create_model_and_transforms('local-dir:{out}')",
+                      "source_sha256": info["source_sha256"], "open_clip_check": info["open_clip_check"]}))
     return 0
 
 
@@ -259,9 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="", help="write the metrics and per-set skip counts as JSON")
     ev.set_defaults(func=_eval)
 
-    ex = sub.add_parser("export", help="export a training checkpoint (any ZeRO stage) as a self-contained model")
-    ex.add_argument("--checkpoint", required=True,
+    ex = sub.add_parser("export", help="export a training checkpoint (any ZeRO stage) as a self-contained model, "
+                                       "or as an open_clip model (--format open_clip; docs/evaluation.md)")
+    ex.add_argument("--checkpoint", default="",
                     help="a checkpoint directory (<run>/checkpoints/step_*), or a run / checkpoints directory (newest)")
+    ex.add_argument("--format", choices=["jest-ds", "open_clip"], default="jest-ds",
+                    help="jest-ds: the self-contained export; open_clip: a directory open_clip loads with "
+                         "create_model_and_transforms('local-dir:OUT')")
+    ex.add_argument("--model", default="",
+                    help="--format open_clip: convert this jest-ds export directory (instead of --checkpoint)")
     ex.add_argument("--out", required=True, help="export directory (weights, configs, tokenizer, preprocess, SHA256SUMS)")
     ex.add_argument("--config", default="", help="the run's config.yaml (default: two levels above the step directory)")
     ex.add_argument("--tokenizer", default="", help="the run's tokenizer.json (default: as the run's config says)")
