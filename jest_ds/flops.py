@@ -1,12 +1,12 @@
-"""FLOP accounting: analytic counts per component, measured counts, the running ledger.
+"""FLOP accounting: analytic counts per component, the measured count they are held to, the ledger.
 
 Convention (the one `torch.utils.flop_counter.FlopCounterMode` uses): only
 matrix products are counted -- linear layers, convolutions and the two
 attention matmuls (q·kᵀ and attn·v) -- and one multiply-add is 2 FLOPs.
 Norms, softmax, GELU, residual adds, embedding look-ups and pooling are free.
-`measure_forward_flops` (FlopCounterMode) and `measure_fvcore_flops` (fvcore,
-whose MACs are doubled) measure the same thing; tests hold the analytic counts
-to both.
+`measure_forward_flops` (FlopCounterMode) measures the same thing: the tests
+hold the analytic counts to it and to fvcore (tests/flop_measure.py), and
+`tools/flop_report.py --cross-check` holds them to it on the configured model.
 
 Cost of one training step (all counts are GLOBAL: summed over data-parallel
 ranks), with F = learner forward FLOPs of one (image, caption) pair:
@@ -35,7 +35,6 @@ F·B/b + 3F, not the paper's F·(2 + B/b) (`paper_cost_ratio`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Mapping
 
 from jest_ds.config import ExperimentConfig, ModelConfig, load_config, packaged_config_names
@@ -267,7 +266,7 @@ def paper_cost_ratio(method: str, filter_ratio: float, A: float | None = None, c
     return cost / 3.0
 
 
-# --------------------------------------------------------------------------- measured
+# --------------------------------------------------------------------------- measured (FlopCounterMode)
 
 def measure_forward_flops(module_call: Callable[[], Any], no_grad: bool = True) -> int:
     """FLOPs that FlopCounterMode counts while running `module_call()` (under no_grad by default)."""
@@ -298,68 +297,6 @@ def _cpu_sdpa_formulas() -> dict:
     if bwd is not None and bwd not in flop_registry:
         out[bwd] = lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v)
     return out
-
-
-def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
-    """fvcore handle for aten::scaled_dot_product_attention: q·kᵀ and attn·v, in MACs."""
-    from fvcore.nn.jit_handles import get_shape
-
-    q, k, v = (get_shape(x) for x in inputs[:3])
-    batch = math.prod(q[:-2])
-    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
-
-
-def _no_flops(inputs: list[Any], outputs: list[Any]) -> int:
-    return 0
-
-
-# fvcore ops that are not matmuls: ignored so that fvcore follows the same convention
-_FVCORE_IGNORED = ("aten::batch_norm", "aten::group_norm", "aten::layer_norm", "aten::instance_norm",
-                   "aten::upsample_nearest2d", "aten::upsample_bilinear2d", "aten::upsample_bicubic2d",
-                   "aten::adaptive_avg_pool2d", "aten::grid_sampler")
-
-
-def measure_fvcore_flops(model: Any, inputs: tuple[Any, ...] | Any) -> int:
-    """fvcore's count of `model(*inputs)` converted to FLOPs (fvcore counts MACs: × 2).
-
-    fvcore traces the model with torch.jit; inputs must be tensors (wrap non-tensor
-    arguments such as a patch size in a small module). SDPA attention gets a handle
-    (fvcore skips it otherwise); norms/pooling/upsampling are ignored.
-
-    A DeepSpeed ZeRO-3 engine replaces ``torch.nn.functional.linear`` process-wide with an
-    autograd Function, which a jit trace records as an opaque PythonOp (every linear layer
-    would count zero); the trace therefore runs with torch's builtin linear restored."""
-    import warnings
-
-    import torch
-    import torch.nn.functional as F
-
-    if not isinstance(inputs, tuple):
-        inputs = (inputs,)
-    patched_linear = F.linear
-    F.linear = torch._C._nn.linear  # what torch itself defines F.linear as
-    try:
-        return _fvcore_count(model, inputs)
-    finally:
-        F.linear = patched_linear
-
-
-def _fvcore_count(model: Any, inputs: tuple[Any, ...]) -> int:
-    import warnings
-
-    import torch
-
-    with torch.no_grad(), warnings.catch_warnings():
-        # fvcore uses torch.jit (script at import, trace here), deprecated in recent torch
-        warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
-        from fvcore.nn import FlopCountAnalysis
-
-        analysis = FlopCountAnalysis(model, inputs)
-        analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
-        for name in _FVCORE_IGNORED:  # a None handle does not drop fvcore's default handle: count zero
-            analysis.set_op_handle(name, _no_flops)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return int(2 * analysis.total())
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -460,8 +397,8 @@ def mfu(flops_per_step: float, step_time_s: float, peak_flops: float | None) -> 
 
 __all__ = [
     "COMPONENTS", "FlopLedger", "cost_ratio", "flexi_image_ratio", "flexi_learner_ratio",
-    "image_tower_breakdown", "image_tower_flops", "learner_forward_flops", "measure_forward_flops",
-    "measure_fvcore_flops", "mfu", "model_preset", "model_preset_names", "pair_score_flops", "paper_cost_ratio",
-    "patch_resample_flops", "peak_flops_guess", "preset_config", "siglip_logits_flops", "step_flops",
-    "text_tower_breakdown", "text_tower_flops", "with_selection",
+    "image_tower_breakdown", "image_tower_flops", "learner_forward_flops", "measure_forward_flops", "mfu",
+    "model_preset", "model_preset_names", "pair_score_flops", "paper_cost_ratio", "patch_resample_flops",
+    "peak_flops_guess", "preset_config", "siglip_logits_flops", "step_flops", "text_tower_breakdown",
+    "text_tower_flops", "with_selection",
 ]

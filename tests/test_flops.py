@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from flop_measure import measure_fvcore_flops
 from jest_ds import flops
 from jest_ds.config import ExperimentConfig, ModelConfig
 from jest_ds.models import ImageTower, TextTower
@@ -63,7 +64,7 @@ def test_tiny_image_tower_matches_flop_counter_and_fvcore(tiny_towers, which):
     measured = flops.measure_forward_flops(lambda: image(x, p))
     assert measured == 3 * per_image + per_call  # exact: same convention
     assert close(measured, 3 * per_image + per_call)
-    fv = flops.measure_fvcore_flops(AtPatch(image, p).eval(), (x[:1],))
+    fv = measure_fvcore_flops(AtPatch(image, p).eval(), (x[:1],))
     assert close(fv, per_image + per_call)
 
 
@@ -73,7 +74,7 @@ def test_tiny_text_tower_matches_flop_counter_and_fvcore(tiny_towers):
     tokens[1, 5:] = 0  # padding is computed too
     analytic = flops.text_tower_flops(TINY)
     assert flops.measure_forward_flops(lambda: text(tokens)) == 2 * analytic
-    assert close(flops.measure_fvcore_flops(text, (tokens[:1],)), analytic)
+    assert close(measure_fvcore_flops(text, (tokens[:1],)), analytic)
 
 
 @pytest.mark.parametrize("which", ["base", "coarse"])
@@ -96,7 +97,7 @@ def test_base_width_image_tower_real(shallow_base_towers, which):
     x = torch.randn(1, 3, cfg.image_size, cfg.image_size)
     analytic = flops.image_tower_flops(cfg, p) + flops.patch_resample_flops(cfg, p)
     assert close(flops.measure_forward_flops(lambda: image(x, p)), analytic)
-    assert close(flops.measure_fvcore_flops(AtPatch(image, p).eval(), (x,)), analytic)
+    assert close(measure_fvcore_flops(AtPatch(image, p).eval(), (x,)), analytic)
 
 
 def test_base_width_text_tower_real(shallow_base_towers):
@@ -104,7 +105,7 @@ def test_base_width_text_tower_real(shallow_base_towers):
     tokens = torch.randint(1, 1000, (1, BASE_SHALLOW.context_length))
     analytic = flops.text_tower_flops(BASE_SHALLOW)
     assert close(flops.measure_forward_flops(lambda: text(tokens)), analytic)
-    assert close(flops.measure_fvcore_flops(text, (tokens,)), analytic)
+    assert close(measure_fvcore_flops(text, (tokens,)), analytic)
 
 
 def test_known_totals_and_depth_scaling():
@@ -298,6 +299,23 @@ def test_flop_report_tool(tmp_path):
     assert "| 0.8 | JEST (cached ref) |" in md and "2.333×" in md
     assert "Flexi-JEST ≤ 1.15× IID at f = 0.8" in md
     assert "| iid | iid | 20 |" in md and "1.000×" in md
+
+
+def test_flop_report_cross_check(tmp_path, monkeypatch):
+    """`--cross-check`: the tiny preset's towers under FlopCounterMode agree exactly; a ledger that is off
+    by one FLOP is reported and makes the exit status 1."""
+    from jest_ds.tools import flop_report
+
+    args = ["--model-preset", "tiny", "--out-dir", str(tmp_path), "--cross-check"]
+    assert flop_report.main(args) == 0
+    md = (tmp_path / "flop_report.md").read_text()
+    assert "| image tower, patch 4 (1 image) | 82,591,744 | 82,591,744 | +0 (+0.000%) |" in md
+    assert "| text tower (1 caption, 16 tokens) | 12,861,440 | 12,861,440 |" in md
+    assert "Analytic = measured: yes, exactly." in md
+    monkeypatch.setattr(flop_report, "text_tower_flops", lambda m: flops.text_tower_flops(m) + 1)
+    assert flop_report.main(args) == 1
+    md = (tmp_path / "flop_report.md").read_text()
+    assert "| text tower (1 caption, 16 tokens) | 12,861,441 | 12,861,440 | -1 " in md
 
 
 # --------------------------------------------------------------------------- a whole step, measured
