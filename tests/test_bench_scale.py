@@ -41,14 +41,14 @@ def test_quick_decode_run_is_well_formed(tmp_path, capsys):
     assert main(["--quick", "--sections", "decode", "--images", "2", "--rounds", "1", "--data-root", str(ROOT),
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "## decode: candidates per second per core" in text and "## decode cores per GPU" in text
+    assert "## decode: candidates per CPU-second" in text and "## decode cores per GPU" in text
     report = json.loads(out.read_text())
     assert report["machine"]["date"] and report["machine"]["cpus"] >= 1
     (row,) = report["decode"]
     assert (row["kind"], row["file_px"], row["target_px"]) == ("textured", 256, 64)
-    assert set(row["per_core_per_s"]) == {"full", "draft", "torchvision"}
+    assert set(row["per_core_per_s"]) == {"before", "full", "draft", "torchvision"}
     assert all(v > 0 for v in row["per_core_per_s"].values())
     assert row["draft_diff"]["max"] >= 0 and row["draft_diff"]["mean"] >= 0
     caps = report["capacity"]["rows"]
     assert [r["filter_ratio"] for r in caps["draft"]] == [0.0, 0.5, 0.8, 0.9]
-    assert all(r["cores_per_gpu"] > 0 for r in caps["full"] + caps["draft"])
+    assert all(r["cores_per_gpu"] > 0 for r in caps["before"] + caps["draft"])

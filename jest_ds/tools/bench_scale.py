@@ -11,15 +11,16 @@ decode     JEST's decode demand. JPEG shards in img2dataset's layout (``00000.ta
            graphics) and ``textured`` (a 2x2 mosaic of tinted renders with shading and sensor-like
            noise: a photo's file size and entropy). Candidates decoded + preprocessed per second on
            one core (one thread, the loader's `decode_batch`: verify, decode, `prepare_image`,
-           normalise, tokenise) with full-size decoding (``JPEG_DRAFT=False``, the path before
-           issue 18) against DCT-scaled draft decoding (the default), and torchvision's
-           ``decode_jpeg`` + antialiased bicubic resize for comparison; pixel differences against
+           normalise, tokenise; CPU seconds, so other jobs' load does not count): ``before`` (full-size
+           decoding and per-pixel float normalisation, the path before issue 18), ``full`` (full-size
+           decoding, the lookup-table `to_tensor`), ``draft`` (DCT-scaled decoding, the default now),
+           and torchvision's ``decode_jpeg`` + antialiased bicubic resize for comparison; pixel differences against
            the full-size path. Then decode cores per GPU for the ``base`` preset at the step rate
            the FLOP ledger predicts at ``--mfu`` of ``--peak-tflops``.
 selection  `distributed_joint_sample` wall time against world size (gloo, spawned processes, one
            thread each; at world sizes above the core count the ranks share cores).
 engine     One training step of the tiny dual encoder at world size 1: the DeepSpeed engine at ZeRO
-           0/1/2 against plain torch AdamW (foreach and single-tensor), same model and batch.
+           0/1/2 against plain torch AdamW (foreach, single-tensor, fused), same model and batch, CPU seconds.
 
     python tools/bench_scale.py                  # all sections, a few minutes on 2 cores
     python tools/bench_scale.py --quick          # seconds: tiny sizes, for the test
@@ -48,18 +49,20 @@ SECTIONS = ("decode", "selection", "engine")
 
 # --------------------------------------------------------------------------- timing
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each fn, the fns alternating within each round (order reversed
-    every other round)."""
+    every other round). ``clock=time.process_time``: CPU seconds of this process (per-core cost
+    of single-threaded work, unaffected by other jobs' time slices)."""
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
     for n in names:  # one untimed call each (imports, allocator, caches)
         fns[n]()
     for r in range(rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[n]()
-            times[n].append(time.perf_counter() - t0)
+            times[n].append(clock() - t0)
     return {n: statistics.median(v) for n, v in times.items()}
 
 
@@ -118,6 +121,14 @@ def write_img2dataset_shard(out: Path, samples: list[tuple[bytes, str]]) -> str:
     return str(tar)
 
 
+def to_tensor_arithmetic(arrs: list[np.ndarray]) -> torch.Tensor:
+    """`shards.to_tensor` before issue 18 (per-pixel float ops; the lookup table is bit-identical)."""
+    from jest_ds.data.shards import MEAN, STD
+
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.sub_(MEAN).div_(STD).contiguous()
+
+
 def torchvision_decode(data: bytes, image_size: int) -> np.ndarray:
     """torchvision.io.decode_jpeg + antialiased bicubic resize (square images only): a comparison,
     not the training path."""
@@ -140,7 +151,7 @@ def bench_decode(root: Path, n_images: int, file_sizes: list[int], targets: list
                  rounds: int, progress: bool = True) -> list[dict[str, Any]]:
     """One row per (kind, file size, target): per-core candidates/s of each decode path and the
     pixel differences against the full-size path."""
-    from jest_ds.data import shards
+    from jest_ds.data import loader, shards
     from jest_ds.data.loader import decode_batch
     from jest_ds.data.shards import SkipCounter, decode_image, iter_raw_samples
     from jest_ds.data.tokenizer import CaptionTokenizer
@@ -158,27 +169,29 @@ def bench_decode(root: Path, n_images: int, file_sizes: list[int], targets: list
                 assert len(samples) == n_images
                 mean_kb = statistics.fmean(len(s["png"]) for s in samples) / 1024
                 for t in targets:
-                    def run(draft: bool, t=t):
-                        old = shards.JPEG_DRAFT
+                    def run(draft: bool, arithmetic: bool = False, t=t):
+                        old, old_tt = shards.JPEG_DRAFT, loader.to_tensor
                         shards.JPEG_DRAFT = draft
+                        if arithmetic:
+                            loader.to_tensor = to_tensor_arithmetic
                         try:
                             return decode_batch(samples, t, tokenizer, 64, SkipCounter(quiet=True))
                         finally:
-                            shards.JPEG_DRAFT = old
+                            shards.JPEG_DRAFT, loader.to_tensor = old, old_tt
 
                     def tv(t=t):
                         x = [torchvision_decode(s["png"], t) for s in samples]
                         return shards.to_tensor(x)
 
-                    med = interleaved({"full": lambda: run(False), "draft": lambda: run(True), "torchvision": tv},
-                                      rounds)
+                    med = interleaved({"before": lambda: run(False, True), "full": lambda: run(False),
+                                       "draft": lambda: run(True), "torchvision": tv}, rounds, clock=time.process_time)
                     full = [decode_image(s["png"], t, jpeg_draft=False) for s in samples]
                     drafted = [decode_image(s["png"], t, jpeg_draft=True) for s in samples]
                     tvd = [torchvision_decode(s["png"], t) for s in samples]
                     rate = {k: n_images / v for k, v in med.items()}
                     rows.append({"kind": kind, "file_px": fs, "target_px": t, "mean_kb": mean_kb,
-                                 "per_core_per_s": rate, "draft_speedup": rate["draft"] / rate["full"],
-                                 "torchvision_speedup": rate["torchvision"] / rate["full"],
+                                 "per_core_per_s": rate, "draft_speedup": rate["draft"] / rate["before"],
+                                 "torchvision_speedup": rate["torchvision"] / rate["before"],
                                  "draft_diff": pixel_diff(drafted, full), "torchvision_diff": pixel_diff(tvd, full)})
                     if progress:
                         print_decode(rows[-1:], header=len(rows) == 1)
@@ -281,7 +294,8 @@ def bench_engine(rounds: int, stages: list[int], config: str = "tiny", vocab_siz
     """Median seconds of one training step (forward, sigmoid loss, backward, clip, AdamW) of the
     `config` model at world size 1, fp32: the DeepSpeed engine (`build_engine`) at each ZeRO stage
     and plain torch AdamW (foreach, single-tensor, fused), each on its own copy of the same initial
-    model, interleaved; also the optimizer part alone (``engine.step()`` / clip + ``opt.step()``)."""
+    model, interleaved, in CPU seconds (one thread); also the optimizer part alone (``engine.step()`` /
+    clip + ``opt.step()``)."""
     import dataclasses
 
     from jest_ds.config import load_config
@@ -313,9 +327,9 @@ def bench_engine(rounds: int, stages: list[int], config: str = "tiny", vocab_siz
             e = engine(images, tokens)
             loss = sigmoid_loss_dense(e.img, e.txt, e.log_scale, e.bias)
             engine.backward(loss)
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             engine.step()
-            opt_time.setdefault(name, []).append(time.perf_counter() - t0)
+            opt_time.setdefault(name, []).append(time.process_time() - t0)
         return step
 
     def plain_step(net, opt, name):
@@ -323,10 +337,10 @@ def bench_engine(rounds: int, stages: list[int], config: str = "tiny", vocab_siz
             opt.zero_grad(set_to_none=True)
             e = net(images, tokens)
             sigmoid_loss_dense(e.img, e.txt, e.log_scale, e.bias).backward()
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
             opt.step()
-            opt_time.setdefault(name, []).append(time.perf_counter() - t0)
+            opt_time.setdefault(name, []).append(time.process_time() - t0)
         return step
 
     fns = {}
@@ -341,7 +355,7 @@ def bench_engine(rounds: int, stages: list[int], config: str = "tiny", vocab_siz
         except (RuntimeError, ValueError, TypeError):
             continue  # not supported by this torch on this device
         fns[f"torch AdamW {kind}"] = plain_step(net, opt, f"torch AdamW {kind}")
-    med = interleaved(fns, rounds)
+    med = interleaved(fns, rounds, clock=time.process_time)
     params = sum(p.numel() for p in model0.parameters())
     return {"config": config, "params": params, "batch": b, "image_size": m.image_size,
             "step_s": med, "optimizer_s": {k: statistics.median(v[1:]) for k, v in opt_time.items()}}
@@ -357,14 +371,14 @@ def machine() -> dict[str, Any]:
 
 def print_decode(rows: list[dict[str, Any]], header: bool = True) -> None:
     if header:
-        print("\n## decode: candidates per second per core (median of interleaved rounds)")
-        print("| content | file px | KiB | model px | full | draft | draft/full | torchvision/full "
-          "| draft diff max / mean | torchvision diff max / mean |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("\n## decode: candidates per CPU-second, one thread (median of interleaved rounds)")
+        print("| content | file px | KiB | model px | before | full | draft | draft/before | torchvision/before "
+              "| draft diff max / mean | torchvision diff max / mean |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         c, dd, td = r["per_core_per_s"], r["draft_diff"], r["torchvision_diff"]
-        print(f"| {r['kind']} | {r['file_px']} | {r['mean_kb']:.0f} | {r['target_px']} | {c['full']:.0f} | "
-              f"{c['draft']:.0f} | {r['draft_speedup']:.2f}x | {r['torchvision_speedup']:.2f}x | "
+        print(f"| {r['kind']} | {r['file_px']} | {r['mean_kb']:.0f} | {r['target_px']} | {c['before']:.0f} | "
+              f"{c['full']:.0f} | {c['draft']:.0f} | {r['draft_speedup']:.2f}x | {r['torchvision_speedup']:.2f}x | "
               f"{dd['max']} / {dd['mean']:.2f} | {td['max']} / {td['mean']:.2f} |", flush=True)
 
 
@@ -423,12 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         report["capacity"] = {"from": {k: slow[k] for k in ("kind", "file_px", "target_px")}, "rows": {}}
         print(f"\n## decode cores per GPU: preset {args.preset} at {args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s, "
               f"decode rate of {slow['kind']} {slow['file_px']}-px JPEGs at {slow['target_px']} px")
-        print("| f | B/b | candidates/s per GPU | cores (full decode) | cores (draft) |")
+        print("| f | B/b | candidates/s per GPU | cores (before) | cores (draft) |")
         print("|---|---|---|---|---|")
-        for path in ("full", "draft"):
+        for path in ("before", "draft"):
             report["capacity"]["rows"][path] = capacity_table(slow["per_core_per_s"][path], args.preset,
                                                               args.mfu, args.peak_tflops)
-        for full, draft in zip(report["capacity"]["rows"]["full"], report["capacity"]["rows"]["draft"]):
+        for full, draft in zip(report["capacity"]["rows"]["before"], report["capacity"]["rows"]["draft"]):
             print(f"| {full['filter_ratio']:g} | {full['B_per_b']:.0f} | {full['candidates_per_s_per_gpu']:,.0f} | "
                   f"{full['cores_per_gpu']:.1f} | {draft['cores_per_gpu']:.1f} |")
 
