@@ -289,16 +289,50 @@ def pad_to_square(im):
     return square
 
 
-def decode_image(data: bytes, image_size: int) -> np.ndarray:
-    """Encoded image bytes (PNG, JPEG, WebP) -> uint8 [H, W, 3] via `prepare_image`."""
+# JPEG draft (DCT-scaled) decoding in `decode_image`: a JPEG at least twice the model's input size
+# is decoded at 1/2, 1/4 or 1/8 scale (the largest that still leaves its long side >= image_size),
+# then `prepare_image` as always. Pixels differ from a full-size decode by a bounded amount
+# (tests/test_decode_draft.py; docs/benchmarks.md "Scale on CPU"); PNG, WebP and smaller JPEGs are
+# decoded exactly as before. False: always decode at full size.
+JPEG_DRAFT = True
+
+
+def draft_jpeg(im, image_size: int) -> int:
+    """Ask PIL to decode an unloaded JPEG `im` DCT-scaled, never below `image_size` on the long
+    side (aspect kept). Returns the scale denominator used (1: unchanged, e.g. not a JPEG or
+    smaller than 2 × image_size)."""
+    if im.format != "JPEG":
+        return 1
+    w, h = im.size
+    side = max(w, h)
+    if side < 2 * image_size:
+        return 1
+    # the size the image takes inside the padded square once resized, rounded up
+    want = (max(1, -(-w * image_size // side)), max(1, -(-h * image_size // side)))
+    im.draft(im.mode, want)
+    if max(im.size) < image_size:  # PIL's rule keeps w/s >= want; a change there must not go unnoticed
+        raise RuntimeError(f"JPEG draft decoded {w}x{h} to {im.size}, below {image_size} px")
+    return round(side / max(im.size))
+
+
+def decode_image(data: bytes, image_size: int, jpeg_draft: bool | None = None) -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG, WebP) -> uint8 [H, W, 3] via `prepare_image`; a large JPEG
+    DCT-scaled first (`draft_jpeg`) when ``jpeg_draft`` (default: the module's ``JPEG_DRAFT``)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
+        if JPEG_DRAFT if jpeg_draft is None else jpeg_draft:
+            draft_jpeg(im, image_size)
         im.load()
         return prepare_image(im, image_size)
 
 
+# uint8 level -> normalised float32, computed with the same float32 ops `to_tensor` once applied per
+# pixel ((v / 255 - MEAN) / STD), so a table lookup gives bit-identical values in one pass.
+_LEVELS = torch.arange(256, dtype=torch.float32).div_(255.0).sub_(MEAN).div_(STD).numpy()
+
+
 def to_tensor(arrs: list[np.ndarray]) -> torch.Tensor:
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.sub_(MEAN).div_(STD).contiguous()
+    """uint8 [H, W, 3] arrays -> normalised float32 [N, 3, H, W] (contiguous)."""
+    return torch.from_numpy(np.take(_LEVELS, np.stack(arrs).transpose(0, 3, 1, 2)))
 
