@@ -10,7 +10,7 @@ import torch
 
 from jest_ds.data.loader import SuperBatchLoader
 from jest_ds.errors import DataError
-from jest_ds.train import checkpoint
+from jest_ds.train import checkpoint, reshard
 from jest_ds.train.selection_record import RECORD_DIR, SelectionRecord, load_record
 from synthetic_data import icon_shards, icon_tokenizer
 
@@ -108,7 +108,7 @@ def test_skip_counts_and_selection_records_merge_onto_rank_zero(tmp_path):
                                (3, ["a.tar"], [0], [False], [0.9])])
     for r in (r0, r1):
         r.flush()
-    part = checkpoint.OnRankZero(SelectionRecord(tmp_path / "new" / RECORD_DIR, 0), checkpoint.merge_selection_records, {})
+    part = checkpoint.OnRankZero(SelectionRecord(tmp_path / "new" / RECORD_DIR, 0), reshard.merge_selection_records, {})
     merged = part.resharded([r0.state_dict(), r1.state_dict()], 0, 1, "ckpt")
     assert part.resharded([r0.state_dict(), r1.state_dict()], 1, 2, "ckpt") == {}
     part.load_state_dict(merged)
@@ -119,7 +119,7 @@ def test_skip_counts_and_selection_records_merge_onto_rank_zero(tmp_path):
     for url in want:
         assert got[url].tobytes() == want[url].tobytes()
     assert got["a.tar"]["offered"].tolist() == [2, 1, 0, 1] and got["a.tar"]["step"][0] == 3
-    assert checkpoint.sum_counts([{"bad_json": 2}, {"bad_json": 1, "no_image": 4}, {}]) == \
+    assert reshard.sum_counts([{"bad_json": 2}, {"bad_json": 1, "no_image": 4}, {}]) == \
         {"bad_json": 3, "no_image": 4}
 
 
@@ -143,11 +143,11 @@ def test_the_saved_world_size_and_when_deepspeeds_universal_form_is_needed(tmp_p
     ckpt.mkdir()
     for r in (0, 1):
         (ckpt / f"rank_{r}.pt").write_bytes(b"x")
-    assert checkpoint.saved_world_size(ckpt) == 2
-    assert not checkpoint.needs_universal(ckpt, 1)  # ZeRO-0: the optimizer state is whole
+    assert reshard.saved_world_size(ckpt) == 2
+    assert not reshard.needs_universal(ckpt, 1)  # ZeRO-0: the optimizer state is whole
     (ckpt / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x")
-    assert checkpoint.needs_universal(ckpt, 1) and checkpoint.needs_universal(ckpt, 4)
-    assert not checkpoint.needs_universal(ckpt, 2)
+    assert reshard.needs_universal(ckpt, 1) and reshard.needs_universal(ckpt, 4)
+    assert not reshard.needs_universal(ckpt, 2)
     (ckpt / "rank_0.pt").unlink()
     with pytest.raises(DataError, match=r"step_00000002: its rank files \(rank_1.pt\) are not rank_0.pt"):
-        checkpoint.saved_world_size(ckpt)
+        reshard.saved_world_size(ckpt)

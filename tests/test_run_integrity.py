@@ -12,7 +12,7 @@ import yaml
 
 from jest_ds.cli import main
 from jest_ds.config import config_from_dict
-from jest_ds.train import checkpoint
+from jest_ds.train import checkpoint, run_dir
 from jest_ds.train.failures import RunDirectoryError, StorageError, writing
 from synthetic_data import icon_sample, icon_shards, icon_tokenizer, tiny_config
 
@@ -75,21 +75,21 @@ def test_resuming_an_earlier_checkpoint_refuses_later_ones_that_would_outrank_it
     (tmp_path / "run" / "summary.json").write_text(json.dumps({"step": 30}))
     (tmp_path / "run" / "export").mkdir()
     with pytest.raises(RunDirectoryError, match=r"later checkpoints \(step_00000030\).*--overwrite"):
-        checkpoint.claim_run_dir(tmp_path / "run", c10, overwrite=False)
-    doomed = checkpoint.claim_run_dir(tmp_path / "run", c10, overwrite=True)
+        run_dir.claim_run_dir(tmp_path / "run", c10, overwrite=False)
+    doomed = run_dir.claim_run_dir(tmp_path / "run", c10, overwrite=True)
     assert set(doomed) == {c20, c30, tmp_path / "run" / "export", tmp_path / "run" / "summary.json"}
-    assert checkpoint.claim_run_dir(tmp_path / "run", c30, overwrite=False) == []
+    assert run_dir.claim_run_dir(tmp_path / "run", c30, overwrite=False) == []
     # resuming another directory's checkpoint into this one would mix two runs too
     other = _fake_checkpoint(tmp_path / "other" / "checkpoints", 5)
     with pytest.raises(RunDirectoryError, match="checkpoints of another run"):
-        checkpoint.claim_run_dir(tmp_path / "run", other, overwrite=False)
+        run_dir.claim_run_dir(tmp_path / "run", other, overwrite=False)
     # a directory holding only an interrupted first save is this run's debris, not another run
     (tmp_path / "kept" / "export").mkdir(parents=True)  # its checkpoints deleted, its export kept
     with pytest.raises(RunDirectoryError, match="it has no complete checkpoint to resume; start afresh"):
-        checkpoint.claim_run_dir(tmp_path / "kept", None, overwrite=False, resume="latest")
+        run_dir.claim_run_dir(tmp_path / "kept", None, overwrite=False, resume="latest")
     partial = tmp_path / "fresh" / "checkpoints" / checkpoint.tag_for(4)
     partial.mkdir(parents=True)
-    assert checkpoint.claim_run_dir(tmp_path / "fresh", None, overwrite=False) == [partial]
+    assert run_dir.claim_run_dir(tmp_path / "fresh", None, overwrite=False) == [partial]
 
 
 def test_pruning_and_latest_go_by_step_number(tmp_path):
@@ -105,7 +105,7 @@ def test_pruning_and_latest_go_by_step_number(tmp_path):
 def test_config_differences_name_each_field_and_allow_reporting_changes():
     a = config_from_dict({}).to_dict()
     b = config_from_dict({"optim": {"lr": 0.5}, "selection": {"gain": 3.0}, "train": {"log_every": 3}}).to_dict()
-    assert checkpoint.config_differences(a, b) == ["optim.lr: 0.001 -> 0.5", "selection.gain: 100.0 -> 3.0"]
+    assert run_dir.config_differences(a, b) == ["optim.lr: 0.001 -> 0.5", "selection.gain: 100.0 -> 3.0"]
 
 
 # --------------------------------------------------------------------------- 2. every load verifies

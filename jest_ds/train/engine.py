@@ -34,7 +34,7 @@ def warmup_cosine(total_steps: int, warmup_fraction: float, min_ratio: float):
 
 def build_engine(cfg: ExperimentConfig, model: nn.Module, world_size: int, load_universal: bool = False):
     """`load_universal`: the engine will load a DeepSpeed universal checkpoint (a resume at another
-    world size, jest_ds/train/checkpoint.py `needs_universal`)."""
+    world size, jest_ds/train/reshard.py `needs_universal`)."""
     import deepspeed
 
     o = cfg.optim

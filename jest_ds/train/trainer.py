@@ -41,7 +41,7 @@ from jest_ds.models.export import export_model
 from jest_ds.reference.scorer import ReferenceScorer
 from jest_ds.selection import Embeddings, ScoreSpec, diagonal_scores, independent_sample, joint_sample
 from jest_ds.selection.distributed import distributed_joint_sample
-from jest_ds.train import checkpoint
+from jest_ds.train import checkpoint, reshard, run_dir
 from jest_ds.train.best import BestTracker
 from jest_ds.train.distributed import device as pick_device, init_distributed, shutdown
 from jest_ds.train.engine import build_engine, build_frozen_engine
@@ -139,8 +139,8 @@ class Trainer:
         self.ckpt_root = self.out_dir / "checkpoints"
         # One run per directory (docs/cluster.md "The run directory"): checked before any collective.
         ckpt = checkpoint.resolve(resume, self.ckpt_root)
-        doomed = checkpoint.claim_run_dir(self.out_dir, ckpt, overwrite, resume)
-        if ckpt is not None and not checkpoint.check_resume_config(ckpt, cfg.to_dict()):
+        doomed = run_dir.claim_run_dir(self.out_dir, ckpt, overwrite, resume)
+        if ckpt is not None and not run_dir.check_resume_config(ckpt, cfg.to_dict()):
             log.warning("resuming %s: the checkpoint predates recorded configs, so it cannot be checked "
                         "against this run's config", ckpt)
         # Whoever initialises the process group ends it: this Trainer (in `close`) when it did, else the
@@ -154,7 +154,7 @@ class Trainer:
         if doomed and self.is_main:
             log.info("deleting what %s held before this run: %s", self.out_dir, ", ".join(p.name for p in doomed))
             with writing(self.out_dir):
-                checkpoint.delete(doomed)
+                run_dir.delete(doomed)
         if dist.is_initialized():
             dist.barrier()
 
@@ -169,7 +169,7 @@ class Trainer:
         np.random.seed(cfg.train.seed)
         # A checkpoint of another world size whose ZeRO state is partitioned loads in DeepSpeed's
         # universal form (docs/cluster.md "Resuming at another world size").
-        self.universal_resume = ckpt is not None and checkpoint.needs_universal(ckpt, self.world)
+        self.universal_resume = ckpt is not None and reshard.needs_universal(ckpt, self.world)
         self.engine = build_engine(cfg, DualEncoder(cfg.model), self.world, load_universal=self.universal_resume)
         self.reference = ReferenceScorer(cfg, self.train_urls, self.device, self.world, self.tokenizer,
                                          partition=lambda model: build_frozen_engine(cfg, model, self.world))
@@ -205,9 +205,9 @@ class Trainer:
         # What a checkpoint holds besides the engine, each part named once (jest_ds/train/checkpoint.py)
         self.states = checkpoint.States(
             per_rank={"rng": checkpoint.RngStates(self.selection_rng), "loader": self.loader,
-                      "skipped": checkpoint.OnRankZero(self.skipped, checkpoint.sum_counts, {}),
+                      "skipped": checkpoint.OnRankZero(self.skipped, reshard.sum_counts, {}),
                       "selection_record": checkpoint.OnRankZero(self.selection_record,
-                                                                checkpoint.merge_selection_records, {})},
+                                                                reshard.merge_selection_records, {})},
             shared={"step": checkpoint.Attribute(self, "step"), "ledger": self.ledger,
                     "nonfinite_total": checkpoint.Attribute(self, "nonfinite_total"), "best": self.best})
         if ckpt is not None:
@@ -228,7 +228,7 @@ class Trainer:
         return [load_eval_set(d, self.cfg.model.image_size) for d in run_eval_sets(self.cfg.eval.sets, self.data_root)]
 
     def _restore(self, ckpt: Path) -> None:
-        saved_world = checkpoint.saved_world_size(ckpt)
+        saved_world = reshard.saved_world_size(ckpt)
         if saved_world == self.world:
             self.states.load_state_dicts(*checkpoint.load(self.engine, ckpt), where=ckpt)
         else:
@@ -242,8 +242,8 @@ class Trainer:
         the engine is touched), the engine loads DeepSpeed's universal form of ZeRO state, and the
         selection record files on disk are rewritten for the new ranks at once (rank 0 holds the
         merged record; the files of ranks that no longer exist go)."""
-        mine = self.states.resharded(checkpoint.rank_states(ckpt), ckpt, self.rank, self.world)
-        checkpoint.load_engine(self.engine, ckpt, universal=self.universal_resume)
+        mine = self.states.resharded(reshard.rank_states(ckpt), ckpt, self.rank, self.world)
+        reshard.load_engine(self.engine, ckpt, universal=self.universal_resume)
         self.states.load_state_dicts(mine, checkpoint.trainer_json(ckpt), where=ckpt)
         with writing(self.selection_record.directory):
             self.selection_record.flush()

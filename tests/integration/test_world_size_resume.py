@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import itest_harness as H
-from jest_ds.train import checkpoint
+from jest_ds.train import checkpoint, reshard
 
 STEPS = 4
 POOL = 1024           # make_dataset's pool
@@ -99,10 +99,10 @@ def test_two_ranks_to_one_to_two_continue_the_epoch(jest_config, tmp_path, zero)
           f"resumed on 2 ranks {time.monotonic() - t2:.1f} s")
 
     # the engine state went through DeepSpeed's universal form, made once in each resumed checkpoint
-    assert (r1 / "checkpoints" / checkpoint.tag_for(1) / checkpoint.UNIVERSAL).is_dir()
-    assert (r2 / "checkpoints" / checkpoint.tag_for(2) / checkpoint.UNIVERSAL).is_dir()
-    assert checkpoint.saved_world_size(r1 / "checkpoints" / checkpoint.tag_for(2)) == 1
-    assert checkpoint.saved_world_size(r2 / "checkpoints" / checkpoint.tag_for(STEPS)) == 2
+    assert (r1 / "checkpoints" / checkpoint.tag_for(1) / reshard.UNIVERSAL).is_dir()
+    assert (r2 / "checkpoints" / checkpoint.tag_for(2) / reshard.UNIVERSAL).is_dir()
+    assert reshard.saved_world_size(r1 / "checkpoints" / checkpoint.tag_for(2)) == 1
+    assert reshard.saved_world_size(r2 / "checkpoints" / checkpoint.tag_for(STEPS)) == 2
 
     ref = _global_batches(a, 2)
     got = {s: v for s, v in _global_batches(a, 2).items() if s <= 1}
