@@ -28,7 +28,7 @@ def _entry(rank, world, port, fn, args, queue):
         dist.destroy_process_group()
 
 
-def run_ranks(fn, world: int = 2, args: tuple = ()) -> list:
+def run_ranks(fn, world: int = 2, args: tuple = (), join_timeout: float = 120) -> list:
     """Results of fn(rank, world, *args) on every rank, in rank order (fn must be importable)."""
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
@@ -43,7 +43,7 @@ def run_ranks(fn, world: int = 2, args: tuple = ()) -> list:
             out[rank] = torch.load(io.BytesIO(value), weights_only=False)
     finally:
         for p in procs:
-            p.join(timeout=120)
+            p.join(timeout=join_timeout)
             if p.is_alive():
                 p.kill()
     codes = [p.exitcode for p in procs]

@@ -42,36 +42,10 @@ def _rank_fn(rank, world):
     return out
 
 
-def run_ranks(fn, world):
-    """`dist_utils.run_ranks` with a longer join: 8 ranks on a 2-core machine shared with other jobs
-    can take minutes to tear down."""
-    import io
-
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    port = dist_utils.free_port()
-    procs = [ctx.Process(target=dist_utils._entry, args=(r, world, port, fn, (), queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    out = {}
-    try:
-        for _ in range(world):
-            rank, value = queue.get()
-            out[rank] = torch.load(io.BytesIO(value), weights_only=False)
-    finally:
-        for p in procs:
-            p.join(timeout=900)
-            if p.is_alive():
-                p.kill()
-    assert [p.exitcode for p in procs] == [0] * world
-    return [out[r] for r in range(world)]
-
-
 @pytest.fixture(scope="module")
 def by_world():
-    return {w: run_ranks(_rank_fn, w) for w in (2, 8)}
+    # a longer join: 8 ranks on a 2-core machine shared with other jobs can take minutes to tear down
+    return {w: dist_utils.run_ranks(_rank_fn, w, join_timeout=900) for w in (2, 8)}
 
 
 def single(quota, masked):

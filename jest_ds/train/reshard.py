@@ -28,7 +28,7 @@ import torch.distributed as dist
 from jest_ds.errors import DataError
 from jest_ds.train import checkpoint
 from jest_ds.train.failures import writing
-from jest_ds.train.selection_record import RECORD_DTYPE, empty_record, grown
+from jest_ds.train.selection_record import RECORD_DTYPE, empty_record, merge_into
 
 UNIVERSAL = "universal"  # <checkpoint>/universal/: DeepSpeed's universal form of the engine state
 _RANK_FILE = re.compile(r"rank_(\d+)\.pt")
@@ -53,14 +53,7 @@ def merge_selection_records(states: list[Mapping[str, Mapping[str, torch.Tensor]
             rec = empty_record(fields["offered"].shape[0])
             for f in RECORD_DTYPE.names:
                 rec[f] = fields[f].numpy()
-            have = grown(merged.get(url, empty_record(0)), rec.shape[0])
-            rec = grown(rec, have.shape[0])
-            later = rec["step"] > have["step"]
-            have["offered"] += rec["offered"]
-            have["selected"] += rec["selected"]
-            have["learnability"][later] = rec["learnability"][later]
-            have["step"][later] = rec["step"][later]
-            merged[url] = have
+            merge_into(merged, url, rec)
     return {url: {f: torch.from_numpy(rec[f].copy()) for f in RECORD_DTYPE.names} for url, rec in merged.items()}
 
 

@@ -147,6 +147,19 @@ class SelectionRecord:
                 stale.unlink()
 
 
+def merge_into(merged: dict[str, np.ndarray], url: str, rec: np.ndarray) -> None:
+    """Fold one rank's record of a shard into `merged`: counts add up; the learnability and step come
+    from the record that saw each sample last."""
+    have = grown(merged.get(url, empty_record(0)), rec.shape[0])
+    rec = grown(rec, have.shape[0])
+    later = rec["step"] > have["step"]
+    have["offered"] += rec["offered"]
+    have["selected"] += rec["selected"]
+    have["learnability"][later] = rec["learnability"][later]
+    have["step"][later] = rec["step"][later]
+    merged[url] = have
+
+
 def load_record(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The record of a run, all ranks merged: shard url -> RECORD_DTYPE array. Counts add up; the
     learnability and step come from the rank that saw the sample last."""
@@ -163,12 +176,5 @@ def load_record(run_dir: str | Path) -> dict[str, np.ndarray]:
             rec = np.load(path)
             if rec.dtype != RECORD_DTYPE:
                 raise DataError(f"{path}: not a selection record (dtype {rec.dtype})")
-            have = grown(merged.get(url, empty_record(0)), rec.shape[0])
-            rec = grown(rec, have.shape[0])
-            later = rec["step"] > have["step"]
-            have["offered"] += rec["offered"]
-            have["selected"] += rec["selected"]
-            have["learnability"][later] = rec["learnability"][later]
-            have["step"][later] = rec["step"][later]
-            merged[url] = have
+            merge_into(merged, url, rec)
     return merged
