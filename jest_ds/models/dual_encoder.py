@@ -27,6 +27,21 @@ class Encoded(NamedTuple):
     bias: torch.Tensor  # (1,)
 
 
+def encode_in_micro_batches(model, images: torch.Tensor, tokens: torch.Tensor, micro_batch: int,
+                            **kwargs) -> Encoded:
+    """``model(images, tokens, **kwargs)`` on consecutive slices of ``micro_batch`` rows, concatenated
+    (one call when ``micro_batch`` is 0 or covers every row). Each row is encoded on its own, so the
+    embeddings are those of one call up to BLAS blocking (tests/test_score_micro_batch.py); the
+    activations held at once shrink to a slice, which on a CPU is also faster (docs/benchmarks.md).
+    Under ZeRO-3 every rank must make the same number of calls: give every rank the same row count."""
+    n = images.shape[0]
+    if micro_batch <= 0 or micro_batch >= n:
+        return model(images, tokens, **kwargs)
+    parts = [model(images[i:i + micro_batch], tokens[i:i + micro_batch], **kwargs) for i in range(0, n, micro_batch)]
+    return Encoded(torch.cat([p.img for p in parts]), torch.cat([p.txt for p in parts]), parts[0].log_scale,
+                   parts[0].bias)
+
+
 class DualEncoder(nn.Module, PyTorchModelHubMixin, library_name="jest-ds", tags=["siglip", "image-text"]):
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -9,6 +9,7 @@ from torch import nn
 
 from jest_ds.config import PRECISION_DTYPES, ExperimentConfig, resolve_precision
 from jest_ds.data.tokenizer import CaptionTokenizer
+from jest_ds.models.dual_encoder import encode_in_micro_batches
 from jest_ds.models.export import TOKENIZER, load_exported, verified_file
 from jest_ds.reference.cache import ReferenceCache, default_cache_dir
 from jest_ds.selection import Embeddings
@@ -40,6 +41,7 @@ class ReferenceScorer:
         self.cache = None
         self.device = device
         self.tokenizer = None  # None: the batch's tokens are the reference's too
+        self.micro_batch = s.score_micro_batch or cfg.per_rank(world_size)[1]  # rows per forward call
         if s.method == "iid" or s.score == "hard_learner":
             return
         # cached: only the hash and config are used, so the weights stay on the CPU and are dropped
@@ -83,5 +85,6 @@ class ReferenceScorer:
             if len(batch.captions) != len(batch.keys):
                 raise ValueError("reference forward with the reference's own tokenizer needs the batch's captions")
             tokens = self.tokenizer.encode_batch(batch.captions, self.context_length)
-        enc = self.model(batch.images.to(self.device), tokens.to(self.device))
+        enc = encode_in_micro_batches(self.model, batch.images.to(self.device), tokens.to(self.device),
+                                      self.micro_batch)
         return Embeddings(enc.img.float(), enc.txt.float(), enc.log_scale.float(), enc.bias.float())

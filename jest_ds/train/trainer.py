@@ -36,7 +36,7 @@ from jest_ds.data.shards import Batch, SkipCounter, resolve_urls
 from jest_ds.data.tokenizer import CaptionTokenizer
 from jest_ds.eval import evaluate, format_metrics
 from jest_ds.losses import global_sigmoid_loss
-from jest_ds.models import DualEncoder
+from jest_ds.models import DualEncoder, encode_in_micro_batches
 from jest_ds.models.export import export_model
 from jest_ds.reference.scorer import ReferenceScorer
 from jest_ds.selection import Embeddings, ScoreSpec, diagonal_scores, independent_sample, joint_sample
@@ -159,6 +159,7 @@ class Trainer:
             dist.barrier()
 
         self.B_local, self.b_local = cfg.per_rank(self.world)
+        self.score_micro_batch = cfg.selection.score_micro_batch or self.b_local
         if self.world > 1 and cfg.selection.method != "iid" and not cfg.selection.quota_per_rank:
             raise ConfigError("config error: selection.quota_per_rank = false needs a world size of 1: "
                              "each rank trains on its own candidates (images are not moved between ranks)")
@@ -273,7 +274,8 @@ class Trainer:
         learner = None
         if s.score != "easy_reference":
             patch = self.cfg.model.coarse_patch_size if s.flexi else self.cfg.model.patch_size
-            enc = self.engine.module(batch.images.to(self.device), batch.tokens.to(self.device), patch_size=patch)
+            enc = encode_in_micro_batches(self.engine.module, batch.images.to(self.device),
+                                          batch.tokens.to(self.device), self.score_micro_batch, patch_size=patch)
             learner = Embeddings(enc.img.float(), enc.txt.float(), enc.log_scale.float(), enc.bias.float())
         return learner, self.reference.embeddings(batch)
 
