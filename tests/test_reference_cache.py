@@ -52,7 +52,10 @@ def _direct(export: Path, tok, samples) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _lookup(cache: ReferenceCache, samples):
-    return cache.lookup([s["url"] for s in samples], [s["row"] for s in samples], [s["key"] for s in samples])
+    """The cache's float16 rows, upcast as the reference scorer does on its device."""
+    img, txt = cache.lookup([s["url"] for s in samples], [s["row"] for s in samples], [s["key"] for s in samples])
+    assert img.dtype == txt.dtype == torch.float16
+    return img.float(), txt.float()
 
 
 def test_round_trip_equals_a_direct_forward_from_memory_maps(synthetic_root, ref):
@@ -210,3 +213,41 @@ def test_cli_cache_ref_defaults_and_decode_workers(synthetic_root, ref, tmp_path
         assert np.array_equal(a.keys, b.keys) and np.allclose(a.img, b.img, atol=FP16)
     code = cli_main(["cache-ref", "--reference", str(export), "--shards", str(tmp_path / "none" / "{0..3}.tar")])
     assert code == 2 and "no shard files match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_workers_look_up_the_batch_rows(synthetic_root, ref, workers):
+    """`SuperBatchLoader(reference_cache=...)`: each batch carries the cache rows of its own samples,
+    as `lookup` gives them in the training process (off the step's critical path with workers)."""
+    from jest_ds.data.loader import SuperBatchLoader
+
+    _, digest, cache_dir, tok = ref
+    cache = ReferenceCache(cache_dir, expected_hash=digest)
+    loader = SuperBatchLoader(synthetic_root / "pool", 48, 16, tok, 8, num_workers=workers, reference_cache=cache_dir)
+    plain = SuperBatchLoader(synthetic_root / "pool", 48, 16, tok, 8, num_workers=workers)
+    for k, (batch, other) in enumerate(zip(loader, plain)):
+        assert batch.keys == other.keys and other.reference is None
+        img, txt = batch.reference
+        want_img, want_txt = cache.lookup(batch.urls, batch.rows, batch.keys)
+        assert img.dtype == torch.float16 and torch.equal(img, want_img) and torch.equal(txt, want_txt)
+        if k == 2:
+            break
+
+
+def test_a_worker_s_cache_mismatch_is_one_line(synthetic_root, ref, tmp_path):
+    """A user error raised inside a loader worker reaches the caller as its own message, not
+    DataLoader's re-raise with the worker's traceback inside it."""
+    from jest_ds.data.loader import SuperBatchLoader
+
+    _, _, cache_dir, tok = ref
+    broken = tmp_path / "cache"
+    shutil.copytree(cache_dir, broken)
+    for keys_file in broken.glob("*.keys.npy"):
+        keys = np.load(keys_file)
+        np.save(keys_file, np.array([k + "x" for k in keys.tolist()], dtype=f"<U{keys.dtype.itemsize // 4 + 1}"))
+    loader = SuperBatchLoader(synthetic_root / "pool", 48, 16, tok, 8, num_workers=1, reference_cache=broken)
+    with pytest.raises(CacheMismatchError) as info:
+        next(iter(loader))
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(f"reference cache {broken}: row ") and "the batch has" in message

@@ -97,7 +97,11 @@ def test_trainer_scores_in_micro_batches_of_its_training_batch(synthetic_root, s
             if reference_mode == "forward":
                 assert trainer.reference.micro_batch == trainer.score_micro_batch
                 hooks.append(trainer.reference.model.register_forward_hook(lambda *a: calls.append("reference")))
-            batch = next(trainer.batch_generator())
+            batches = trainer.batch_generator()
+            batch = next(batches)
+            batches.close()  # ends the loader's worker processes now, not at garbage collection
+            # a cached reference's rows come with the batch from the loader, not from a lookup in the step
+            assert (batch.reference is not None) == (reference_mode == "cached")
             learner, reference = trainer.score(batch)
             chosen = trainer.select(learner, reference)
             for h in hooks:

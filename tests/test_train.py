@@ -96,6 +96,7 @@ def test_reference_cache_round_trip_and_refusals(synthetic_root, reference, tmp_
     with torch.no_grad():
         enc = model(batch.images, batch.tokens)
     img, txt = cache.lookup(batch.urls, batch.rows, batch.keys)  # the loader's batch finds its rows
+    img, txt = img.float(), txt.float()
     assert torch.allclose(img, enc.img, atol=2e-3) and torch.allclose(txt, enc.txt, atol=2e-3)
     with pytest.raises(StaleCacheError, match="not by the configured reference"):
         ReferenceCache(cache_path, expected_hash="0" * 64)

@@ -22,6 +22,11 @@ checkpoint resumes at any world size (``resharded``); in shard mode only at its 
 use, shared among the ranks of the node (``LOCAL_WORLD_SIZE`` from torchrun, ``LOCAL_SIZE``
 from the deepspeed launcher, else 1), minus one core for the training process itself.
 
+With ``reference_cache`` (a `jest-ds cache-ref` directory) each worker also looks up the reference
+embeddings of its batch's samples (``Batch.reference``), so the lookup runs ahead of training with
+the decoding instead of inside the training step. A user error raised in a worker (a cache row that
+is not the batch's sample, say) reaches the caller as its own one-line message.
+
 Skips found by workers travel with the batch that owns them and are added to ``skipped`` when
 that batch is handed out, so batches prefetched but never consumed count nothing; the state
 and the counter therefore always agree (a resumed run re-reads and re-counts them).
@@ -99,7 +104,9 @@ class LoadedBatch:
     slot: int
 
     def pin_memory(self) -> "LoadedBatch":  # called by DataLoader's pin-memory thread
-        b = replace(self.batch, images=self.batch.images.pin_memory(), tokens=self.batch.tokens.pin_memory())
+        ref = self.batch.reference
+        b = replace(self.batch, images=self.batch.images.pin_memory(), tokens=self.batch.tokens.pin_memory(),
+                    reference=None if ref is None else (ref[0].pin_memory(), ref[1].pin_memory()))
         return replace(self, batch=b)
 
 
@@ -118,6 +125,7 @@ class LoaderPlan:
     workers: int  # logical workers per rank (>= 1; 1 when decoding in-process)
     split: str    # "sample" | "shard"
     shuffle_buffer: int
+    reference_cache: str = ""  # a cache directory: workers look up Batch.reference ("" : no lookup)
 
 
 class SuperBatchDataset(IterableDataset):
@@ -145,10 +153,17 @@ class SuperBatchDataset(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         p = self.plan
+        cache = None
+        if p.reference_cache:
+            from jest_ds.reference.cache import ReferenceCache
+
+            cache = ReferenceCache(p.reference_cache)  # checked against the reference by the trainer
         for owned in self.owned_batches(worker):
             events = EventLog()
             events.pending = list(owned.events)
             batch = decode_batch(owned.samples, p.image_size, p.tokenizer, p.context_length, events)
+            if cache is not None:
+                batch.reference = cache.lookup(batch.urls, batch.rows, batch.keys)
             slot = owned.slot - p.rank * p.workers if owned.slot >= 0 else -1
             yield LoadedBatch(batch, events.take(), owned.after.as_list(), slot)
 
@@ -159,7 +174,8 @@ class SuperBatchLoader:
     def __init__(self, urls, batch_size: int, image_size: int, tokenizer, context_length: int, *, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, split: str = "auto",
                  shuffle_buffer: int = 1000, num_samples: int = 0, prefetch_factor: int = 2,
-                 skipped: SkipCounter | None = None, pin_memory: bool | None = None):
+                 skipped: SkipCounter | None = None, pin_memory: bool | None = None,
+                 reference_cache: str | Path | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size = {batch_size}: must be >= 1")
         if not 0 <= rank < world_size:
@@ -175,7 +191,7 @@ class SuperBatchLoader:
         workers = max(1, self.num_workers)
         self.plan = LoaderPlan(self.urls, batch_size, image_size, tokenizer, context_length, seed, rank, world_size,
                                workers, resolve_split(split, len(self.urls), world_size * workers),
-                               max(1, int(shuffle_buffer)))
+                               max(1, int(shuffle_buffer)), str(reference_cache or ""))
         self.prefetch_factor = prefetch_factor
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.skipped = skipped if skipped is not None else SkipCounter()
@@ -279,7 +295,7 @@ class SuperBatchLoader:
                             generator=torch.Generator().manual_seed(self.plan.seed))
         batches = iter(loader)
         try:
-            for loaded in batches:
+            for loaded in _user_errors_unwrapped(batches):
                 for reason, detail in loaded.events:
                     self.skipped.add(reason, detail)
                 self._batches += 1
@@ -291,3 +307,24 @@ class SuperBatchLoader:
                 yield loaded.batch
         finally:
             del batches  # shuts the worker processes down
+
+
+def _user_errors_unwrapped(batches: Iterator) -> Iterator:
+    """``batches``, except that a user error (`jest_ds.errors.USER_ERRORS`) a worker raised is raised
+    again with its own message: DataLoader re-raises it with the worker's traceback in the message,
+    which would bury the one line the user needs. Bugs keep everything."""
+    from jest_ds.errors import USER_ERRORS
+
+    while True:
+        try:
+            loaded = next(batches)
+        except StopIteration:
+            return
+        except USER_ERRORS as exc:
+            text = str(exc)
+            if not text.startswith("Caught ") or "Original Traceback" not in text:
+                raise
+            last = text.rstrip().splitlines()[-1]  # "module.ErrorType: the message"
+            message = last.split(": ", 1)[1] if ": " in last else last
+            raise type(exc)(message) from None
+        yield loaded

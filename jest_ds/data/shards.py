@@ -112,6 +112,9 @@ class Batch:
     captions: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)   # shard of each sample
     rows: list[int] = field(default_factory=list)   # its ordinal in that shard (see iter_raw_samples)
+    # The reference cache's float16 (img, txt) [n, dim] rows of these samples, looked up by the
+    # loader's worker (SuperBatchLoader(reference_cache=...)); None: not looked up.
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -183,31 +183,34 @@ class ReferenceCache:
 
     def lookup(self, urls: Sequence[str], rows: Sequence[int],
                keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 (img, txt) [n, dim] of the samples at (shard url, row), verified against their keys."""
+        """float16 (img, txt) [n, dim] of the samples at (shard url, row), verified against their keys
+        (the cache's own precision: callers upcast on their device)."""
         n = len(keys)
         if len(urls) != n or len(rows) != n:
             raise ValueError(f"reference cache lookup: {n} keys but {len(urls)} shard urls and {len(rows)} rows "
                              "(the batch must carry urls and rows, see Batch)")
         img = np.empty((n, self.dim), dtype=DTYPE)
         txt = np.empty((n, self.dim), dtype=DTYPE)
-        groups: dict[str, list[int]] = {}
-        for i, u in enumerate(urls):
-            groups.setdefault(u, []).append(i)
-        for url, where in groups.items():
+        index: dict[str, int] = {}
+        codes = np.fromiter((index.setdefault(u, len(index)) for u in urls), dtype=np.int64, count=n)
+        order = np.argsort(codes, kind="stable")  # the batch grouped by shard
+        bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
+        all_rows = np.asarray(rows, dtype=np.int64)
+        all_keys = np.asarray(keys, dtype=str)
+        for u, url in enumerate(index):
+            where = order[bounds[u]:bounds[u + 1]]
             try:
                 shard = self.shard(url)
             except FileNotFoundError as exc:
                 raise FileNotFoundError(f"{exc} (batch sample {keys[where[0]]!r})") from None
-            r = np.asarray([rows[i] for i in where], dtype=np.int64)
+            r = all_rows[where]
             out_of_range = np.flatnonzero((r < 0) | (r >= shard.rows))
             if out_of_range.size:
                 j = int(out_of_range[0])
                 raise CacheMismatchError(f"reference cache {self.dir}: sample {keys[where[j]]!r} is row {r[j]} "
                                          f"of shard {url}, the cache has {shard.rows} rows for it (cache built from "
                                          "other shards? re-run `jest-ds cache-ref`)")
-            got = shard.keys[r]
-            want = np.asarray([keys[i] for i in where], dtype=str)
-            bad = np.flatnonzero((got != want) | ~shard.valid[r])
+            bad = np.flatnonzero((shard.keys[r] != all_keys[where]) | ~shard.valid[r])
             if bad.size:
                 j = int(bad[0])
                 row, key = int(r[j]), keys[where[j]]
@@ -215,8 +218,8 @@ class ReferenceCache:
                     raise CacheMismatchError(f"reference cache {self.dir}: sample {key!r} (row {row} of shard {url}) "
                                              f"was skipped while caching ({shard.reasons[row]})")
                 raise CacheMismatchError(f"reference cache {self.dir}: row {row} of shard {url} holds key "
-                                         f"{str(got[j])!r}, the batch has {key!r} (cache built from other shards? "
-                                         "re-run `jest-ds cache-ref`)")
+                                         f"{str(shard.keys[row])!r}, the batch has {key!r} (cache built from other "
+                                         "shards? re-run `jest-ds cache-ref`)")
             img[where] = shard.img[r]
             txt[where] = shard.txt[r]
-        return torch.from_numpy(img).float(), torch.from_numpy(txt).float()
+        return torch.from_numpy(img), torch.from_numpy(txt)

@@ -77,8 +77,9 @@ class ReferenceScorer:
         if self.mode == "none":
             return None
         if self.mode == "cached":
-            img, txt = self.cache.lookup(batch.urls, batch.rows, batch.keys)
-            return Embeddings(img.to(self.device), txt.to(self.device), self.cache.log_scale.to(self.device),
+            # looked up by the loader's worker (Trainer passes it the cache), else here
+            img, txt = batch.reference or self.cache.lookup(batch.urls, batch.rows, batch.keys)
+            return Embeddings(img.to(self.device).float(), txt.to(self.device).float(), self.cache.log_scale.to(self.device),
                               self.cache.bias.to(self.device))
         tokens = batch.tokens
         if self.tokenizer is not None:  # the run's tokenizer is not the reference's

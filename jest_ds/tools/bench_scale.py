@@ -19,6 +19,14 @@ decode     JEST's decode demand. JPEG shards in img2dataset's layout (``00000.ta
            the FLOP ledger predicts at ``--mfu`` of ``--peak-tflops``.
 selection  `distributed_joint_sample` wall time against world size (gloo, spawned processes, one
            thread each; at world sizes above the core count the ranks share cores).
+overheads  The per-step work of a JEST step that is not model math, at a GPU-sized per-rank super-batch
+           (``--overhead-B`` candidates, ``--overhead-b`` chosen, embeddings of the preset's width):
+           `take` of the chosen rows, `selection_metrics`, the selection record's `add_step`, the
+           self-pair learnability, and the reference-cache lookup (a synthetic cache of
+           ``--overhead-shards`` shards in a temp dir; the loader's workers do it while decoding),
+           each as the training code calls it (wall seconds, one thread), beside the step time the FLOP ledger predicts for the preset at
+           ``--mfu`` of ``--peak-tflops`` (JEST and Flexi-JEST). The host-to-device copies cannot be
+           timed without a GPU: their bytes per step are printed.
 engine     One training step of the tiny dual encoder at world size 1: the DeepSpeed engine at ZeRO
            0/1/2 against plain torch AdamW (foreach, single-tensor, fused), same model and batch, CPU seconds.
 
@@ -44,7 +52,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-SECTIONS = ("decode", "selection", "engine")
+SECTIONS = ("decode", "selection", "overheads", "engine")
 
 
 # --------------------------------------------------------------------------- timing
@@ -361,6 +369,101 @@ def bench_engine(rounds: int, stages: list[int], config: str = "tiny", vocab_siz
             "step_s": med, "optimizer_s": {k: statistics.median(v[1:]) for k, v in opt_time.items()}}
 
 
+# --------------------------------------------------------------------------- per-step overheads
+
+def synthetic_step_inputs(B: int, b: int, dim: int, n_shards: int, rows_per_shard: int, seed: int = 0):
+    """A rank's super-batch as the loader hands it over (keys, meta, captions, shard urls, rows; images
+    and tokens of the tiny model), the chosen local indices, and learner / reference embeddings."""
+    from jest_ds.data.shards import Batch
+    from jest_ds.selection import Embeddings
+
+    rng = np.random.default_rng(seed)
+    urls = [f"/data/shards/{i:05d}.tar" for i in range(n_shards)]
+    flat = rng.choice(n_shards * rows_per_shard, B, replace=False)  # distinct samples, as from the loader
+    shard_of, rows = flat // rows_per_shard, (flat % rows_per_shard).tolist()
+    keys = [f"{shard_of[i]:05d}_{rows[i]:07d}" for i in range(B)]
+    sources = [f"source{k}" for k in range(40)]
+    meta = [{"key": k, "caption_noisy": bool(x < 0.3), "on_target": bool(x > 0.9), "licence": "MIT",
+             "source": sources[j]} for k, x, j in zip(keys, rng.random(B), rng.integers(0, 40, B))]
+    batch = Batch(images=torch.zeros(B, 3, 8, 8), tokens=torch.zeros(B, 16, dtype=torch.long), keys=keys, meta=meta,
+                  captions=[f"caption of {k}" for k in keys], urls=[urls[i] for i in shard_of], rows=rows)
+    local = torch.from_numpy(np.sort(rng.choice(B, b, replace=False)))
+    g = torch.Generator().manual_seed(seed)
+
+    def emb():
+        unit = lambda: torch.nn.functional.normalize(torch.randn(B, dim, generator=g), dim=-1)
+        return Embeddings(unit(), unit(), torch.tensor([2.3]), torch.tensor([-10.0]))
+
+    return batch, local, emb(), emb(), urls
+
+
+def write_synthetic_cache(out: Path, urls: list[str], rows_per_shard: int, dim: int, keys_of) -> None:
+    """A reference cache in the real format (`jest_ds.reference.build`'s writer) for shards that hold
+    ``keys_of(shard index, row)``; the shard files themselves are empty stand-ins."""
+    from jest_ds.reference.build import _write_header_if_complete, _write_shard
+
+    rng = np.random.default_rng(1)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    for i, url in enumerate(urls):
+        local_url = out / "shards" / Path(url).name
+        local_url.parent.mkdir(parents=True, exist_ok=True)
+        local_url.write_bytes(b"")
+        rows = list(range(rows_per_shard))
+        emb = rng.standard_normal((rows_per_shard, dim)).astype(np.float16)
+        _write_shard(out / "cache", str(local_url), dim, [(rows, [keys_of(i, r) for r in rows], emb, emb)], [], {},
+                     "synthetic", "synthetic", "fp32")
+    _write_header_if_complete(out / "cache", [str(out / "shards" / Path(u).name) for u in urls], "synthetic",
+                              "synthetic", dim, 2.3, -10.0)
+
+
+def bench_overheads(B: int, b: int, preset: str, n_shards: int, rounds: int, mfu: float,
+                    peak_tflops: float) -> dict[str, Any]:
+    """Median wall seconds of each non-model part of `Trainer.train_step` at a per-rank super-batch of
+    B (b chosen), against the ledger's step time for `preset` (JEST and Flexi-JEST, world size 1)."""
+    import dataclasses
+
+    from jest_ds.datasets.icons import SAMPLE_FLAGS
+    from jest_ds.flops import preset_config, step_flops
+    from jest_ds.reference.cache import ReferenceCache
+    from jest_ds.train.selection_metrics import selection_metrics
+    from jest_ds.train.selection_record import SelectionRecord, self_pair_learnability
+    from jest_ds.train.trainer import _all_reduce_sum, take
+
+    cfg = preset_config(preset)
+    dim = cfg.model.embed_dim
+    rows_per_shard = max(1, -(-2 * B // n_shards))  # the super-batch samples half of the shards' rows
+    batch, local, learner, reference, urls = synthetic_step_inputs(B, b, dim, n_shards, rows_per_shard)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic_cache(Path(tmp), urls, rows_per_shard, dim, lambda i, r: f"{i:05d}_{r:07d}")
+        cache = ReferenceCache(Path(tmp) / "cache")
+        cache_urls = [str(Path(tmp) / "shards" / Path(u).name) for u in batch.urls]
+        record = SelectionRecord(Path(tmp) / "record", 0)
+        learn = self_pair_learnability(learner, reference)
+        device = torch.device("cpu")
+        fns = {
+            "take (chosen rows)": lambda: take(batch, local),
+            "selection_metrics": lambda: selection_metrics(batch.meta, local, learn, SAMPLE_FLAGS,
+                                                           lambda v: _all_reduce_sum(v, device)),
+            "selection record add_step": lambda: record.add_step(1, batch, local, learn),
+            "self-pair learnability": lambda: self_pair_learnability(learner, reference),
+            "reference-cache lookup": lambda: cache.lookup(cache_urls, batch.rows, batch.keys),
+        }
+        med = interleaved(fns, rounds)
+    where = {"take (chosen rows)": "step, host", "selection_metrics": "step, host",
+             "selection record add_step": "step, host", "self-pair learnability": "step, device",
+             "reference-cache lookup": "loader workers"}
+    ledger = {}
+    for name, flexi in (("jest", False), ("flexi", True)):
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=b),
+                                selection=dataclasses.replace(cfg.selection, method="jest", flexi=flexi,
+                                                              filter_ratio=1 - b / B))
+        ledger[name] = step_flops(c, 1)["total"] / (mfu * peak_tflops * 1e12)
+    image_bytes = 3 * cfg.model.image_size ** 2 * 4  # float32 pixels, as the loader hands them over
+    return {"B": B, "b": b, "preset": preset, "dim": dim, "shards": n_shards, "seconds": med, "where": where,
+            "step_host_s": sum(v for k, v in med.items() if where[k] == "step, host"), "ledger_step_s": ledger,
+            "h2d_bytes": {"candidates (scoring)": B * image_bytes, "chosen (training, second copy)": b * image_bytes}}
+
+
 # --------------------------------------------------------------------------- report
 
 def machine() -> dict[str, Any]:
@@ -398,12 +501,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--worlds", default="1,2,4,8")
     p.add_argument("--sel-B", type=int, default=4096)
     p.add_argument("--sel-b", type=int, default=1024)
+    p.add_argument("--overhead-B", type=int, default=40960, help="per-rank candidates for the overheads section")
+    p.add_argument("--overhead-b", type=int, default=8192, help="per-rank chosen for the overheads section")
+    p.add_argument("--overhead-shards", type=int, default=64, help="shards the overheads' super-batch comes from")
     p.add_argument("--engine-config", default="tiny", help="experiment config whose model the engine section trains")
     p.add_argument("--out", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.images, args.rounds, args.file_sizes, args.targets = 3, 2, "256", "64"
         args.kinds, args.worlds, args.sel_B, args.sel_b = "textured", "1,2", 256, 64
+        args.overhead_B, args.overhead_b, args.overhead_shards = 1280, 256, 8
     return args
 
 
@@ -456,6 +563,25 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(f"| {r['world']} | {r['seconds']:.3f} | {r['seconds'] / rows[0]['seconds']:.2f}x | "
                   f"{r['same_as_single_process']} |")
+
+    if "overheads" in sections:
+        o = report["overheads"] = bench_overheads(args.overhead_B, args.overhead_b, args.preset, args.overhead_shards,
+                                                  args.rounds, args.mfu, args.peak_tflops)
+        steps = o["ledger_step_s"]
+        print(f"\n## per-step work besides model math: per-rank B={o['B']}, b={o['b']}, embeddings of {o['dim']} "
+              f"({o['preset']}), {o['shards']} shards; wall ms, one thread, median of {args.rounds} rounds; share of "
+              f"the ledger's step time at {args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s "
+              f"(JEST {steps['jest']:.2f} s, Flexi-JEST {steps['flexi']:.2f} s)")
+        print("| part | runs in | ms | % of JEST step | % of Flexi-JEST step |")
+        print("|---|---|---|---|---|")
+        rows = [*((k, o["where"][k], v) for k, v in o["seconds"].items()),
+                ("total on the step's host path", "step, host", o["step_host_s"])]
+        for k, w, v in rows:
+            print(f"| {k} | {w} | {v * 1e3:.1f} | {100 * v / steps['jest']:.2f}% | {100 * v / steps['flexi']:.2f}% |")
+        print("(step, device: tensor math that runs on the GPU in a cluster run, timed here on the CPU; loader "
+              "workers: done while decoding, ahead of the step, when data.num_workers > 0)")
+        for k, v in o["h2d_bytes"].items():
+            print(f"host-to-device, {k}: {v / 2**30:.2f} GiB per step (float32 pixels; not timed without a GPU)")
 
     if "engine" in sections:
         e = report["engine"] = bench_engine(args.rounds, [0, 1, 2], args.engine_config)

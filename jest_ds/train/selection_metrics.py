@@ -8,13 +8,12 @@ acceptance (`source_acceptance`). Which json flags are reported is the dataset's
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from jest_ds.train.selection_record import source_acceptance
+from jest_ds.train.selection_record import acceptance, chosen_mask, source_counts
 
 
 def selection_metrics(meta: Sequence[Mapping], local: torch.Tensor, learnability: np.ndarray | None,
@@ -23,15 +22,19 @@ def selection_metrics(meta: Sequence[Mapping], local: torch.Tensor, learnability
     """``local``: indices of the chosen among this rank's candidates; ``learnability``: per candidate,
     or None (not reported); ``flags``: metric name -> json field (``{"noisy": "caption_noisy"}`` gives
     ``sel/noisy_share_chosen`` and ``sel/noisy_share_all``); ``all_reduce_sum``: sums a list of
-    floats over the ranks (a collective: every rank calls this function)."""
-    chosen = torch.zeros(len(meta), dtype=torch.bool)
-    chosen[local] = True
-    values = [float(chosen.sum()), float(len(meta))]
+    floats over the ranks (a collective: every rank calls this function).
+
+    One Python pass over the candidates per flag and one for the sources; the counting is numpy
+    (tests/test_step_overheads.py holds it to a per-candidate loop)."""
+    n = len(meta)
+    chosen = chosen_mask(n, local)
+    n_picked = int(np.count_nonzero(chosen))
+    values = [float(n_picked), float(n)]
     for field in flags.values():
-        flagged = torch.tensor([bool(m.get(field, False)) for m in meta], dtype=torch.bool)
-        values += [float(flagged[chosen].sum()), float(flagged.sum())]
+        flagged = np.fromiter((bool(m.get(field, False)) for m in meta), dtype=bool, count=n)
+        values += [float(np.count_nonzero(flagged & chosen)), float(np.count_nonzero(flagged))]
     if learnability is not None:
-        diag = torch.from_numpy(learnability).double()
+        diag = np.asarray(learnability, dtype=np.float64)
         values += [float(diag[chosen].sum()), float(diag.sum())]
     totals = all_reduce_sum(values)
     n_chosen, n_all = max(totals[0], 1), max(totals[1], 1)
@@ -42,8 +45,9 @@ def selection_metrics(meta: Sequence[Mapping], local: torch.Tensor, learnability
     if learnability is not None:
         out["sel/learnability_chosen"] = totals[-2] / n_chosen
         out["sel/learnability_all"] = totals[-1] / n_all
-    groups = Counter(m.get("source", "?") for m, c in zip(meta, chosen.tolist()) if c)
-    for name, count in groups.items():
-        out[f"sel/source_share/{name}"] = count / max(int(chosen.sum()), 1)  # this rank's view
-    out.update(source_acceptance(list(meta), local))  # this rank's view too
+    names, offered, picked = source_counts(meta, chosen)
+    for name, k in zip(names, picked.tolist()):  # this rank's view
+        if k:
+            out[f"sel/source_share/{name}"] = k / max(n_picked, 1)
+    out.update(acceptance(names, offered, picked))  # this rank's view too
     return out

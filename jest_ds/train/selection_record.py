@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -62,14 +61,28 @@ def chosen_mask(n: int, local: torch.Tensor) -> np.ndarray:
     return mask
 
 
+def source_counts(meta: list[dict], chosen: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The sources (`meta['source']`, "?" when absent) in order of first appearance, how many
+    candidates each offered and how many of them `chosen` (bool [n]) holds."""
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(m.get("source", "?"), len(index)) for m in meta), dtype=np.int64,
+                        count=len(meta))
+    offered = np.bincount(codes, minlength=len(index))
+    picked = np.bincount(codes[chosen], minlength=len(index))
+    return list(index), offered, picked
+
+
+def acceptance(names: list[str], offered: np.ndarray, picked: np.ndarray) -> dict[str, float]:
+    """Per source: its share of the chosen / its share of the candidates."""
+    n_offered, n_picked = int(offered.sum()), max(int(picked.sum()), 1)
+    return {f"sel/source_accept/{s}": (int(p) / n_picked) / (int(o) / n_offered)
+            for s, o, p in zip(names, offered, picked)}
+
+
 def source_acceptance(meta: list[dict], local: torch.Tensor) -> dict[str, float]:
     """Per `meta['source']` of this rank's candidates: its share of the chosen ones / its share of
     all of them (1 = no preference, 0 = never chosen)."""
-    sources = [m.get("source", "?") for m in meta]
-    chosen = chosen_mask(len(sources), local)
-    offered, picked = Counter(sources), Counter(s for s, c in zip(sources, chosen.tolist()) if c)
-    n_offered, n_picked = len(sources), max(int(chosen.sum()), 1)
-    return {f"sel/source_accept/{s}": (picked[s] / n_picked) / (n / n_offered) for s, n in offered.items()}
+    return acceptance(*source_counts(meta, chosen_mask(len(meta), local)))
 
 
 def self_pair_learnability(learner: Embeddings | None, reference: Embeddings | None) -> np.ndarray | None:
@@ -94,14 +107,17 @@ class SelectionRecord:
                              "(every candidate needs its shard url and row)")
         rows_arr = np.asarray(rows, dtype=np.int64)
         scores = np.full(len(rows), np.nan, np.float32) if learnability is None else learnability.astype(np.float32)
-        names, inverse = np.unique(np.asarray(urls, dtype=object).astype(str), return_inverse=True)
-        for u, url in enumerate(names.tolist()):
-            mine = inverse == u
+        index: dict[str, int] = {}
+        codes = np.fromiter((index.setdefault(u, len(index)) for u in urls), dtype=np.int64, count=len(urls))
+        order = np.argsort(codes, kind="stable")  # candidates grouped by shard, in batch order within each
+        bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
+        for u, url in enumerate(index):
+            mine = order[bounds[u]:bounds[u + 1]]
             r = rows_arr[mine]
             rec = grown(self.shards.get(url, empty_record(0)), int(r.max()) + 1)
             np.add.at(rec["offered"], r, 1)
             np.add.at(rec["selected"], r, chosen[mine].astype(np.int32))
-            rec["learnability"][r] = scores[mine]
+            rec["learnability"][r] = scores[mine]  # a row offered twice in one step: its later entry wins
             rec["step"][r] = step
             self.shards[url] = rec
         self.last_learnability, self.last_chosen = scores, chosen.astype(bool)

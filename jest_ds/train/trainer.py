@@ -115,10 +115,12 @@ def resolve_dataset(cfg: ExperimentConfig) -> tuple[Path | None, list[str], Capt
 
 def take(batch: Batch, idx: torch.Tensor) -> Batch:
     i = idx.tolist()
+    ref = batch.reference
     return Batch(images=batch.images[idx], tokens=batch.tokens[idx], keys=[batch.keys[k] for k in i],
                  meta=[batch.meta[k] for k in i], captions=[batch.captions[k] for k in i] if batch.captions else [],
                  urls=[batch.urls[k] for k in i] if batch.urls else [],
-                 rows=[batch.rows[k] for k in i] if batch.rows else [])
+                 rows=[batch.rows[k] for k in i] if batch.rows else [],
+                 reference=None if ref is None else (ref[0][idx], ref[1][idx]))
 
 
 def _all_reduce_sum(values: list[float], device) -> list[float]:
@@ -185,7 +187,8 @@ class Trainer:
                                        seed=cfg.train.seed, rank=self.rank, world_size=self.world,
                                        num_workers=d.num_workers, split=d.split, shuffle_buffer=d.shuffle_buffer,
                                        num_samples=d.num_samples, prefetch_factor=d.prefetch_factor,
-                                       skipped=self.skipped)
+                                       skipped=self.skipped,
+                                       reference_cache=self.reference.cache.dir if self.reference.cache else None)
         self.eval_sets = self._load_eval_sets()
         self.ledger = flop_model.FlopLedger()
         self.flops_per_step = flop_model.step_flops(

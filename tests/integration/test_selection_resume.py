@@ -88,7 +88,7 @@ def _recompute(cfg_dict: dict, out_dir: str, steps: int) -> list[list[str]]:
                 enc = model(images, tokens, patch_size=cfg.model.patch_size)
             learner.append(Embeddings(enc.img.float(), enc.txt.float(), enc.log_scale.float(), enc.bias.float()))
             img, txt = cache.lookup([raw[k]["url"] for k in keys], [raw[k]["row"] for k in keys], keys)
-            ref.append(Embeddings(img, txt, cache.log_scale, cache.bias))
+            ref.append(Embeddings(img.float(), txt.float(), cache.log_scale, cache.bias))
         cat = lambda es: Embeddings(torch.cat([e.img for e in es]), torch.cat([e.txt for e in es]),  # noqa: E731
                                     es[0].log_scale, es[0].bias)
         chosen = joint_sample(cat(learner), cat(ref), cfg.train.batch_size, n_chunks=s.n_chunks, method=s.score,
