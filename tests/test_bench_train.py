@@ -18,7 +18,8 @@ def bench():
     return bench_train
 
 
-def test_bench_train_iid_jest_flexi(bench, synthetic_root, tmp_path, capsys):
+@pytest.mark.parametrize("interleave", [0, 1])
+def test_bench_train_iid_jest_flexi(bench, synthetic_root, tmp_path, capsys, interleave):
     # an untrained, exported reference exercises the cached-reference path (timing, not quality)
     ref_dir = tmp_path / "ref"
     ref_cfg = tiny_config(synthetic_root, ref_dir, data={"root": str(synthetic_root), "train_part": "curated"},
@@ -37,7 +38,7 @@ def test_bench_train_iid_jest_flexi(bench, synthetic_root, tmp_path, capsys):
     out = tmp_path / "bench.json"
     report = bench.run(["--config", str(config), "--methods", "iid,jest,flexi", "--steps", "2", "--warmup", "1",
                         "--reference", str(ref_dir / "export"), "--reference-cache", str(cache),
-                        "--peak-flops", "1e12", "--out", str(out)])
+                        "--peak-flops", "1e12", "--out", str(out), "--interleave", str(interleave)])
 
     assert out.exists()
     results = {r["method"]: r for r in report["results"]}
@@ -62,6 +63,8 @@ def test_bench_train_iid_jest_flexi(bench, synthetic_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| method | samples/s | step ms | data ms |" in printed
     assert "jest / iid step time:" in printed and "flexi / iid step time:" in printed
+    assert ("interleaved 1 at a time" in printed) == bool(interleave)
+    assert results["jest"]["score_micro_batch"] == 32  # the default: the training batch
 
 
 def test_bench_train_rejects_selection_without_reference(bench, synthetic_root, tmp_path):

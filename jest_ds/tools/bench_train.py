@@ -72,69 +72,114 @@ def method_config(base: dict[str, Any], method: str, args, out_dir: Path):
     return config_from_dict(values)
 
 
-def bench_method(method: str, base: dict[str, Any], args) -> dict[str, Any]:
-    from jest_ds.train.trainer import Trainer
+class MethodBench:
+    """One method's Trainer in a temp directory, stepped by `step(timed)`; `result()` after the last step.
+    Several can be alive at once (`--interleave`): each owns its engine and loader."""
 
-    with tempfile.TemporaryDirectory(prefix=f"bench_train_{method}_") as tmp:
-        cfg = method_config(base, method, args, Path(tmp))
-        trainer = Trainer(cfg, show_progress=False)
+    def __init__(self, method: str, base: dict[str, Any], args):
+        from jest_ds.train.trainer import Trainer
+
+        self.method, self.args = method, args
+        self.tmp = tempfile.TemporaryDirectory(prefix=f"bench_train_{method}_")
+        self.cfg = method_config(base, method, args, Path(self.tmp.name))
+        self.trainer = Trainer(self.cfg, show_progress=False)
+        self.batches = self.trainer.batch_generator()
+        self.load_before = os.getloadavg()
+        self.steps: list[dict[str, float]] = []
+        self.losses: list[float] = []
+
+    def step(self, timed: bool) -> None:
+        dev, timer = self.trainer.device, self.trainer.timer
+        synchronize(dev)
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        t1 = time.perf_counter()
+        record = self.trainer.train_one_step(batch)
+        synchronize(dev)
+        t2 = time.perf_counter()
+        if not timed:
+            return
+        row = {"step": t2 - t0, "data": t1 - t0,
+               **{p: timer.get(p) for p in ("score", "select", "forward", "backward", "optimizer")}}
+        row["other"] = (t2 - t1) - sum(row[p] for p in ("score", "select", "forward", "backward", "optimizer"))
+        self.steps.append(row)
+        self.losses.append(float(record["loss"]))
+
+    def close(self) -> None:
+        """End the trainer (the process group is the tool's, so it survives until the last method)."""
+        if self.trainer is None:
+            return
+        self.batches.close()
+        self.trainer.close()
+        self.trainer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.tmp.cleanup()
+
+    def result(self) -> dict[str, Any]:
+        args, cfg, trainer, steps, losses = self.args, self.cfg, self.trainer, self.steps, self.losses
         dev = trainer.device
-        timer = trainer.timer
-        batches = trainer.batch_generator()
-        load_before = os.getloadavg()
-        steps: list[dict[str, float]] = []
-        losses: list[float] = []
-        try:
-            for i in range(args.warmup + args.steps):
-                synchronize(dev)
-                t0 = time.perf_counter()
-                batch = next(batches)
-                t1 = time.perf_counter()
-                record = trainer.train_one_step(batch)
-                synchronize(dev)
-                t2 = time.perf_counter()
-                if i < args.warmup:
-                    continue
-                row = {"step": t2 - t0, "data": t1 - t0,
-                       **{p: timer.get(p) for p in ("score", "select", "forward", "backward", "optimizer")}}
-                row["other"] = (t2 - t1) - sum(row[p] for p in ("score", "select", "forward", "backward", "optimizer"))
-                steps.append(row)
-                losses.append(float(record["loss"]))
-            load_after = os.getloadavg()
-            flops = dict(trainer.flops_per_step)
-            b, B = cfg.train.batch_size, cfg.super_batch_size
-            world = trainer.world
-            device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
-            peak = flop_model.peak_flops_guess(dev, args.peak_flops)
-            if dev.type == "cuda" and args.peak_flops is None and peak is None:
-                logging.warning("unknown GPU %r: pass --peak-flops for MFU", device_name)
-        finally:
-            trainer.close()  # the process group is the tool's (run), so it survives until the last method
-            del trainer
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        flops = dict(trainer.flops_per_step)
+        b, B = cfg.train.batch_size, cfg.super_batch_size
+        world = trainer.world
+        device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+        peak = flop_model.peak_flops_guess(dev, args.peak_flops)
+        if dev.type == "cuda" and args.peak_flops is None and peak is None:
+            logging.warning("unknown GPU %r: pass --peak-flops for MFU", device_name)
+        mean = {k: statistics.fmean(r[k] for r in steps) for k in ("step", *PHASES)}
+        step_s = mean["step"]
+        per_step = [r["step"] for r in steps]
+        achieved = flops["total"] / step_s if step_s > 0 else 0.0
+        peak_all = peak * world if peak else None
+        return {
+            "method": self.method, "config_name": cfg.name, "device": str(dev), "device_name": device_name,
+            "world_size": world, "batch_size": b, "super_batch_size": B, "precision": cfg.train.precision,
+            "zero_stage": cfg.train.zero_stage, "timed_steps": len(steps), "warmup_steps": args.warmup,
+            "score_micro_batch": trainer.score_micro_batch,
+            "samples_per_s": b / step_s if step_s > 0 else 0.0,
+            "candidates_per_s": B / step_s if step_s > 0 else 0.0,
+            "step_ms": step_s * 1e3, "step_ms_median": statistics.median(per_step) * 1e3,
+            "step_ms_std": (statistics.stdev(per_step) * 1e3) if len(per_step) > 1 else 0.0,
+            "phase_ms": {k: mean[k] * 1e3 for k in PHASES},
+            "flops_per_step": flops, "achieved_flops_per_s": achieved,
+            "peak_flops_per_device": peak, "mfu": flop_model.mfu(flops["total"], step_s, peak_all),
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "loadavg_before": list(self.load_before), "loadavg_after": list(os.getloadavg()),
+            "steps": steps,
+        }
 
-    mean = {k: statistics.fmean(r[k] for r in steps) for k in ("step", *PHASES)}
-    step_s = mean["step"]
-    per_step = [r["step"] for r in steps]
-    achieved = flops["total"] / step_s if step_s > 0 else 0.0
-    peak_all = peak * world if peak else None
-    return {
-        "method": method, "config_name": cfg.name, "device": str(dev), "device_name": device_name,
-        "world_size": world, "batch_size": b, "super_batch_size": B, "precision": cfg.train.precision,
-        "zero_stage": cfg.train.zero_stage, "timed_steps": len(steps), "warmup_steps": args.warmup,
-        "samples_per_s": b / step_s if step_s > 0 else 0.0,
-        "candidates_per_s": B / step_s if step_s > 0 else 0.0,
-        "step_ms": step_s * 1e3, "step_ms_median": statistics.median(per_step) * 1e3,
-        "step_ms_std": (statistics.stdev(per_step) * 1e3) if len(per_step) > 1 else 0.0,
-        "phase_ms": {k: mean[k] * 1e3 for k in PHASES},
-        "flops_per_step": flops, "achieved_flops_per_s": achieved,
-        "peak_flops_per_device": peak, "mfu": flop_model.mfu(flops["total"], step_s, peak_all),
-        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "loadavg_before": list(load_before), "loadavg_after": list(load_after),
-        "steps": steps,
-    }
+
+def bench_method(method: str, base: dict[str, Any], args) -> dict[str, Any]:
+    """One method alone: warm-up steps, then the timed ones."""
+    bench = MethodBench(method, base, args)
+    try:
+        for i in range(args.warmup + args.steps):
+            bench.step(timed=i >= args.warmup)
+        return bench.result()
+    finally:
+        bench.close()
+
+
+def bench_interleaved(methods: list[str], base: dict[str, Any], args) -> list[dict[str, Any]]:
+    """Every method's Trainer alive at once; after the warm-up, rounds of ``args.interleave`` steps
+    per method, the order reversed every other round, so a machine shared with other jobs slows
+    every method alike (the ratios are what this mode is for)."""
+    benches = []
+    try:
+        for m in methods:
+            benches.append(MethodBench(m, base, args))
+            for _ in range(args.warmup):
+                benches[-1].step(timed=False)
+        rounds = -(-args.steps // args.interleave)
+        for r in range(rounds):
+            for bench in (benches if r % 2 == 0 else benches[::-1]):
+                for _ in range(args.interleave):
+                    bench.step(timed=True)
+        return [bench.result() for bench in benches]
+    finally:
+        for bench in benches:
+            bench.close()
 
 
 def _fmt_flops(x: float) -> str:
@@ -194,11 +239,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "data.reference_cache, else <train shards>/reference_cache as cache-ref writes)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="peak FLOP/s PER DEVICE for MFU (default on CUDA: peak_flops_guess; CPU: none)")
+    p.add_argument("--interleave", type=int, default=0, metavar="N",
+                   help="keep every method's trainer alive and alternate rounds of N timed steps each "
+                        "(ratios robust to other load; default 0: one method after the other)")
     p.add_argument("--out", default="", help="write the results as JSON here")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # `deepspeed` launcher
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.interleave < 0:
+        p.error("--steps must be >= 1, --warmup and --interleave >= 0")
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.method_list if m not in METHODS]
     if unknown:
@@ -223,12 +271,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     info = machine_info()
     rank, _ = init_distributed(base_cfg.train.collective_timeout_s)
     results = []
-    for m in args.method_list:
-        results.append(bench_method(m, base, args))
-        if rank == 0:
-            r = results[-1]
-            print(f"[bench_train] {m}: {r['step_ms']:.1f} ms/step, {r['samples_per_s']:.1f} samples/s",
-                  file=sys.stderr, flush=True)
+    if args.interleave:
+        results = bench_interleaved(args.method_list, base, args)
+    else:
+        for m in args.method_list:
+            results.append(bench_method(m, base, args))
+            if rank == 0:
+                r = results[-1]
+                print(f"[bench_train] {m}: {r['step_ms']:.1f} ms/step, {r['samples_per_s']:.1f} samples/s",
+                      file=sys.stderr, flush=True)
     info["loadavg_end"] = list(os.getloadavg())
     argv_used = sys.argv[1:] if argv is None else argv
     report = {"machine": info, "command": " ".join(["tools/bench_train.py", *argv_used]),
@@ -237,7 +288,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         r0 = results[0]
         print(f"\n{r0['config_name']}: b = {r0['batch_size']}, world {r0['world_size']}, {r0['device_name']} "
               f"({info['cpu_count']} CPUs, torch threads {info['torch_threads']}), {args.steps} timed steps after "
-              f"{args.warmup} warm-up; load average {' '.join(f'{x:.2f}' for x in info['loadavg'])} (start) / "
+              f"{args.warmup} warm-up{f', interleaved {args.interleave} at a time' if args.interleave else ''}; load average {' '.join(f'{x:.2f}' for x in info['loadavg'])} (start) / "
               f"{' '.join(f'{x:.2f}' for x in info['loadavg_end'])} (end)\n")
         print(markdown_table(results))
         for m, r in report["ratio_to_iid"].items():
