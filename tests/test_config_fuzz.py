@@ -22,6 +22,7 @@ OUT_OF_RANGE = {
     "data.prefetch_factor": ["0", "-1"],
     "selection.filter_ratio": ["-0.1", "1", "1.2", "0.999999", ".nan"], "selection.n_chunks": ["0", "-1", "7"],
     "selection.gain": ["0", "-1", ".inf"], "selection.flexi_low_res_fraction": ["-0.5", "1", "2"],
+    "selection.score_micro_batch": ["-1", "-64"],
     "optim.lr": ["0", "-1e-3", ".inf"], "optim.beta1": ["-0.1", "1", "1.5"], "optim.beta2": ["-0.1", "1"],
     "optim.eps": ["0", "-1"], "optim.weight_decay": ["-1", ".nan"], "optim.warmup_fraction": ["-0.1", "1"],
     "optim.min_lr_ratio": ["-0.5", "5"], "optim.grad_clip": ["-1", ".inf"],
