@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import numpy as np
 
 import jest_ds.data.loader as loader_module
 from jest_ds.data.counts import count_samples, stats_file
 from jest_ds.data.loader import SuperBatchLoader, default_num_workers
 from jest_ds.data.order import permuted_shards, resolve_split, slot_shards
-from jest_ds.data.shards import SkipCounter, iter_raw_samples, resolve_urls, write_tar
+from jest_ds.data.shards import SkipCounter, iter_raw_samples, normalise, resolve_urls, write_tar
 from synthetic_data import icon_png, icon_sample, icon_shards, icon_tokenizer
 
 
@@ -55,8 +56,9 @@ def keys_of(batches):
 
 def test_batch_shapes_and_normalisation(eight, tok):
     (b,) = take(make(eight, tok, 8, num_workers=0), 1)
-    assert b.images.shape == (8, 3, 8, 8) and b.images.dtype == torch.float32
-    assert b.images.min() >= -1.0 and b.images.max() <= 1.0
+    assert b.images.shape == (8, 3, 8, 8) and b.images.dtype == torch.uint8  # normalised by the model
+    x = normalise(b.images)
+    assert x.dtype == torch.float32 and x.min() >= -1.0 and x.max() <= 1.0
     assert b.tokens.shape == (8, 12) and b.tokens.dtype == torch.int64 and (b.tokens[:, 0] == tok.cls_id).all()
     assert len(b.keys) == len(b.meta) == len(b.captions) == len(b.urls) == len(b.rows) == 8
     assert b.meta[0]["source"] == "test" and b.meta[0]["key"] == b.keys[0]
@@ -329,3 +331,23 @@ def test_default_num_workers(monkeypatch):
     assert default_num_workers() == max(1, cores - 1)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
     assert default_num_workers() == 1
+
+
+def test_uint8_pixels_normalise_to_the_float_path_bit_for_bit():
+    """Every level, and a model fed the loader's uint8 pixels gives the embeddings of its float32 input."""
+    from jest_ds.config import ModelConfig
+    from jest_ds.data.shards import pixels, to_tensor
+    from jest_ds.models import DualEncoder
+    from synthetic_data import TINY_MODEL
+
+    levels = [np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3).__mod__(256).astype(np.uint8)]
+    assert torch.equal(normalise(pixels(levels)), to_tensor(levels))
+    rng = np.random.default_rng(0)
+    arrs = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(6)]
+    torch.manual_seed(0)
+    model = DualEncoder(ModelConfig(**{**TINY_MODEL, "vocab_size": 50})).eval()
+    with torch.no_grad():
+        a = model(pixels(arrs), None, coarse=torch.tensor([True, False] * 3)).img
+        b = model(to_tensor(arrs), None, coarse=torch.tensor([True, False] * 3)).img
+        assert torch.equal(a, b)
+        assert torch.equal(model.encode_image(pixels(arrs)), model.encode_image(to_tensor(arrs)))

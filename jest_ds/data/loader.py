@@ -9,7 +9,7 @@ of every batch, follow ``order.py``.
 ```python
 loader = SuperBatchLoader(urls, batch_size, image_size, tokenizer, context_length, seed=0,
                           rank=0, world_size=1, num_workers=-1, split="auto", skipped=SkipCounter())
-for batch in loader:                 # infinite; batch.images float32 [n, 3, H, W], batch.tokens int64 [n, L]
+for batch in loader:                 # infinite; batch.images uint8 [n, 3, H, W], batch.tokens int64 [n, L]
     ...
 state = loader.state_dict()          # after the batches consumed so far
 loader.load_state_dict(state)        # the next iter(loader) continues exactly there
@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .counts import count_samples
 from .order import EventLog, OwnedBatch, Position, resolve_split, sample_mode_batches, shard_mode_batches
-from .shards import Batch, SkipCounter, decode_image, image_ok, iter_raw_samples, resolve_urls, to_tensor
+from .shards import Batch, SkipCounter, decode_image, image_ok, iter_raw_samples, pixels, resolve_urls
 
 from jest_ds.errors import ConfigError, DataError
 
@@ -82,7 +82,7 @@ def decode_batch(samples: list[dict], image_size: int, tokenizer, context_length
     source = [next(j % n for j in range(i, i + n) if arrays[j % n] is not None) for i in range(n)]
     picked = [samples[i] for i in source]
     captions = [s["caption"] for s in picked]
-    return Batch(images=to_tensor([arrays[i] for i in source]),
+    return Batch(images=pixels([arrays[i] for i in source]),
                  tokens=tokenizer.encode_batch(captions, context_length),
                  keys=[s["key"] for s in picked], meta=[s["meta"] for s in picked], captions=captions,
                  urls=[s["url"] for s in picked], rows=[s["row"] for s in picked])

@@ -105,7 +105,8 @@ class SkipCounter:
 
 @dataclass
 class Batch:
-    images: torch.Tensor            # float32 [n, 3, H, W], (x - 0.5) / 0.5
+    images: torch.Tensor            # uint8 [n, 3, H, W] from the training loader (the model normalises
+    #                                 them: `normalise`), or float32 (x - 0.5) / 0.5 already normalised
     tokens: torch.Tensor            # int64 [n, L]
     keys: list[str]
     meta: list[dict] = field(default_factory=list)
@@ -338,4 +339,17 @@ _LEVELS = torch.arange(256, dtype=torch.float32).div_(255.0).sub_(MEAN).div_(STD
 def to_tensor(arrs: list[np.ndarray]) -> torch.Tensor:
     """uint8 [H, W, 3] arrays -> normalised float32 [N, 3, H, W] (contiguous)."""
     return torch.from_numpy(np.take(_LEVELS, np.stack(arrs).transpose(0, 3, 1, 2)))
+
+
+def pixels(arrs: list[np.ndarray]) -> torch.Tensor:
+    """uint8 [H, W, 3] arrays -> uint8 [N, 3, H, W] (contiguous): what the training loader hands
+    over, a quarter of float32's bytes to keep in host memory and copy to the device;
+    `normalise` (the model does it) makes them `to_tensor`'s values."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrs).transpose(0, 3, 1, 2)))
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> the model's float32 input, on their own device, with the float32 ops that made
+    `_LEVELS` (each correctly rounded), so the values equal `to_tensor`'s bit for bit."""
+    return images.float().div_(255.0).sub_(MEAN).div_(STD)
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from jest_ds.config import ModelConfig, config_from_dict
+from jest_ds.data.shards import normalise
 from jest_ds.models.towers import ImageTower, TextTower
 
 
@@ -63,6 +64,8 @@ class DualEncoder(nn.Module, PyTorchModelHubMixin, library_name="jest-ds", tags=
             # Inputs arrive as float32; under bf16/fp16 the engine has cast the weights, so the
             # images follow the kernel's dtype (read from the parameter: under ZeRO-3 a
             # partitioned parameter still carries it). Token ids stay integers.
+            if images.dtype == torch.uint8:  # the training loader's pixels, normalised here on the device
+                images = normalise(images)
             images = images.to(self.image.trunk.patch_embed.proj.weight.dtype)
             if coarse is None or not bool(coarse.any()):
                 img = self.image(images, patch_size)
@@ -87,7 +90,10 @@ class DualEncoder(nn.Module, PyTorchModelHubMixin, library_name="jest-ds", tags=
         """[n, embed_dim] image embeddings (unit norm when `normalize`) of images made by the
         export's preprocess; moved to the model's device and dtype."""
         kernel = self.image.trunk.patch_embed.proj.weight
-        x = self.image(images.to(device=kernel.device, dtype=kernel.dtype), patch_size)
+        images = images.to(kernel.device)
+        if images.dtype == torch.uint8:
+            images = normalise(images)
+        x = self.image(images.to(dtype=kernel.dtype), patch_size)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -11,9 +11,9 @@ decode     JEST's decode demand. JPEG shards in img2dataset's layout (``00000.ta
            graphics) and ``textured`` (a 2x2 mosaic of tinted renders with shading and sensor-like
            noise: a photo's file size and entropy). Candidates decoded + preprocessed per second on
            one core (one thread, the loader's `decode_batch`: verify, decode, `prepare_image`,
-           normalise, tokenise; CPU seconds, so other jobs' load does not count): ``before`` (full-size
-           decoding and per-pixel float normalisation, the path before issue 18), ``full`` (full-size
-           decoding, the lookup-table `to_tensor`), ``draft`` (DCT-scaled decoding, the default now),
+           pack the uint8 pixels, tokenise; CPU seconds, so other jobs' load does not count): ``before``
+           (full-size decoding and per-pixel float normalisation on the host, the path before issue 18),
+           ``full`` (full-size decoding), ``draft`` (DCT-scaled decoding, the default now),
            and torchvision's ``decode_jpeg`` + antialiased bicubic resize for comparison; pixel differences against
            the full-size path. Then decode cores per GPU for the ``base`` preset at the step rate
            the FLOP ledger predicts at ``--mfu`` of ``--peak-tflops``.
@@ -178,14 +178,14 @@ def bench_decode(root: Path, n_images: int, file_sizes: list[int], targets: list
                 mean_kb = statistics.fmean(len(s["png"]) for s in samples) / 1024
                 for t in targets:
                     def run(draft: bool, arithmetic: bool = False, t=t):
-                        old, old_tt = shards.JPEG_DRAFT, loader.to_tensor
+                        old, old_px = shards.JPEG_DRAFT, loader.pixels
                         shards.JPEG_DRAFT = draft
                         if arithmetic:
-                            loader.to_tensor = to_tensor_arithmetic
+                            loader.pixels = to_tensor_arithmetic
                         try:
                             return decode_batch(samples, t, tokenizer, 64, SkipCounter(quiet=True))
                         finally:
-                            shards.JPEG_DRAFT, loader.to_tensor = old, old_tt
+                            shards.JPEG_DRAFT, loader.pixels = old, old_px
 
                     def tv(t=t):
                         x = [torchvision_decode(s["png"], t) for s in samples]
@@ -385,7 +385,7 @@ def synthetic_step_inputs(B: int, b: int, dim: int, n_shards: int, rows_per_shar
     sources = [f"source{k}" for k in range(40)]
     meta = [{"key": k, "caption_noisy": bool(x < 0.3), "on_target": bool(x > 0.9), "licence": "MIT",
              "source": sources[j]} for k, x, j in zip(keys, rng.random(B), rng.integers(0, 40, B))]
-    batch = Batch(images=torch.zeros(B, 3, 8, 8), tokens=torch.zeros(B, 16, dtype=torch.long), keys=keys, meta=meta,
+    batch = Batch(images=torch.zeros(B, 3, 8, 8, dtype=torch.uint8), tokens=torch.zeros(B, 16, dtype=torch.long), keys=keys, meta=meta,
                   captions=[f"caption of {k}" for k in keys], urls=[urls[i] for i in shard_of], rows=rows)
     local = torch.from_numpy(np.sort(rng.choice(B, b, replace=False)))
     g = torch.Generator().manual_seed(seed)
@@ -458,7 +458,7 @@ def bench_overheads(B: int, b: int, preset: str, n_shards: int, rounds: int, mfu
                                 selection=dataclasses.replace(cfg.selection, method="jest", flexi=flexi,
                                                               filter_ratio=1 - b / B))
         ledger[name] = step_flops(c, 1)["total"] / (mfu * peak_tflops * 1e12)
-    image_bytes = 3 * cfg.model.image_size ** 2 * 4  # float32 pixels, as the loader hands them over
+    image_bytes = 3 * cfg.model.image_size ** 2  # uint8 pixels, as the loader hands them over
     return {"B": B, "b": b, "preset": preset, "dim": dim, "shards": n_shards, "seconds": med, "where": where,
             "step_host_s": sum(v for k, v in med.items() if where[k] == "step, host"), "ledger_step_s": ledger,
             "h2d_bytes": {"candidates (scoring)": B * image_bytes, "chosen (training, second copy)": b * image_bytes}}
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         print("(step, device: tensor math that runs on the GPU in a cluster run, timed here on the CPU; loader "
               "workers: done while decoding, ahead of the step, when data.num_workers > 0)")
         for k, v in o["h2d_bytes"].items():
-            print(f"host-to-device, {k}: {v / 2**30:.2f} GiB per step (float32 pixels; not timed without a GPU)")
+            print(f"host-to-device, {k}: {v / 2**30:.2f} GiB per step (uint8 pixels; not timed without a GPU)")
 
     if "engine" in sections:
         e = report["engine"] = bench_engine(args.rounds, [0, 1, 2], args.engine_config)
