@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The experiments behind docs/results.md ("Benchmark v3"), on the embedded dataset, one reference for
 # every run (trained by the first demo call, then reused):
-#   1. IID on the pool, JEST, Flexi-JEST (f = 0.8) and IID on the curated set alone, SEEDS seeds each,
-#      at the benchmark's budget (`jest-ds demo --full`: 2,000 iterations, evaluated every 100);
-#   2. seed 0 only: IID on pool + curated and independent selection at the same budget;
+#   1. IID on the pool, JEST, Flexi-JEST (f = 0.8), IID on the curated set alone, independent selection
+#      and IID on pool + curated, SEEDS seeds each, at the benchmark's budget (`jest-ds demo --full`:
+#      2,000 iterations, evaluated every 100);
+#   2. seed 0 only: Flexi-JEST scoring at the coarse patch and training every example at the base
+#      patch (`selection.flexi_low_res_fraction=0`) at the same budget;
 #   3. IID trained to its plateau: IID on the pool for LONG iterations (its own cosine schedule,
 #      evaluated every 200), seed 0;
 #   4. the demo's own budget (1,000 iterations), seed 0, into a directory of its own;
@@ -26,10 +28,10 @@ PY="${PYTHON:-.venv/bin/python}"
 demo() { "$PY" -m jest_ds.cli demo "$@"; }
 
 for ((s = 0; s < SEEDS; s++)); do  # seed by seed, so that a partial run still has whole seeds
-  demo --out "$OUT" --full --methods iid,jest,flexi,curated --seed "$s" --tag "_s$s"
+  demo --out "$OUT" --full --methods iid,jest,flexi,curated,independent,pool_curated --seed "$s" --tag "_s$s"
 done
 REF=(--reference "$OUT/reference/export" --reference-cache "$OUT/reference_cache")
-demo --out "$OUT" --full --methods pool_curated,independent --seed 0 --tag _s0 "${REF[@]}"
+demo --out "$OUT" --full --methods flexi --seed 0 --tag _lr0_s0 --set selection.flexi_low_res_fraction=0 "${REF[@]}"
 demo --out "$OUT" --methods iid --seed 0 --tag _long_s0 --steps "$LONG" --eval-every 200 "${REF[@]}"
 demo --out "$OUT/demo_budget" --methods iid,jest,flexi,curated --seed 0 "${REF[@]}"
 BROAD_SETS=$("$PY" -c "import json, sys; print(','.join(sorted(json.load(open(sys.argv[1]))['available']['iconify_sets'])))" \
@@ -37,10 +39,12 @@ BROAD_SETS=$("$PY" -c "import json, sys; print(','.join(sorted(json.load(open(sy
 [ -f "$OUT/broad_data/manifest.json" ] || "$PY" -m jest_ds.cli data build --root "$OUT/broad_data" --target-sets "$BROAD_SETS"
 demo --out "$OUT/broad" --data-root "$OUT/broad_data" --methods iid,jest --seed 0
 
-"$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,curated}_s* --out "$OUT/report_main" \
+"$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,curated,independent}_s* --out "$OUT/report_main" \
   --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
-"$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,curated,independent,pool_curated}_s0 \
+"$PY" tools/benchmark_report.py "$OUT"/{iid,jest,pool_curated}_s* \
   --out "$OUT/report_baselines" --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
+"$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,flexi_lr0}_s0 \
+  --out "$OUT/report_flexi_lr0" --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
 "$PY" tools/benchmark_report.py "$OUT"/iid_long_s0 "$OUT"/{jest,flexi,curated}_s0 --out "$OUT/report_long" \
   --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
 "$PY" tools/benchmark_report.py "$OUT"/demo_budget/{iid,jest,flexi,curated} --out "$OUT/report_demo_budget" \
@@ -49,4 +53,5 @@ demo --out "$OUT/broad" --data-root "$OUT/broad_data" --methods iid,jest --seed 
   --reference "$OUT/broad/reference" --reference-cache "$OUT/broad/reference_cache"
 "$PY" tools/speedup_report.py "$OUT"/{iid,jest,flexi,curated}_s* --metric eval/icon_retrieval/val_loss_batch \
   --out "$OUT/report_diagnostic_loss"
-"$PY" tools/paper_findings.py "$OUT"/{iid,jest,flexi,curated,independent,pool_curated}_s* --out "$OUT/findings"
+"$PY" tools/paper_findings.py "$OUT"/{iid,jest,flexi,flexi_lr0,curated,independent,pool_curated}_s* \
+  --out "$OUT/findings"
