@@ -49,3 +49,18 @@ def test_quick_decode_run_is_well_formed(synthetic_root, tmp_path, capsys):
     caps = report["capacity"]["rows"]
     assert [r["filter_ratio"] for r in caps["draft"]] == [0.0, 0.5, 0.8, 0.9]
     assert all(r["cores_per_gpu"] > 0 for r in caps["before"] + caps["draft"])
+
+
+def test_scoring_section_reports_both_ways_of_scoring_against_the_ledger(tmp_path, capsys):
+    out = tmp_path / "scoring.json"
+    assert main(["--quick", "--sections", "scoring", "--rounds", "1", "--out", str(out)]) == 0
+    import json
+
+    sc = json.loads(out.read_text())["scoring"]
+    assert sc["B"] == 640 and sc["b"] == 128
+    assert set(sc["seconds"]) == {"train b (IID step)", "score B, micro-batches of 128", "score B, one call", "select"}
+    assert all(v > 0 for v in sc["seconds"].values())
+    t = sc["seconds"]["train b (IID step)"]
+    assert sc["ratio"]["one call"] == pytest.approx((sc["seconds"]["score B, one call"] + sc["seconds"]["select"] + t) / t)
+    assert sc["ledger_ratio"] == pytest.approx(2.67, abs=0.01)  # tiny_jest at f = 0.8 with a cached reference
+    assert "JEST / IID step, scoring in micro-batches:" in capsys.readouterr().out

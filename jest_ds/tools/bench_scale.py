@@ -19,6 +19,11 @@ decode     JEST's decode demand. JPEG shards in img2dataset's layout (``00000.ta
            the FLOP ledger predicts at ``--mfu`` of ``--peak-tflops``.
 selection  `distributed_joint_sample` wall time against world size (gloo, spawned processes, one
            thread each; at world sizes above the core count the ranks share cores).
+scoring    The JEST step's cost against IID's, from its parts, against the FLOP ledger's ratio: the
+           learner's no-grad scoring pass over B candidates (in micro-batches of the training batch,
+           the default, and in one call), the joint sampler, and one training step of the engine on
+           b (= the IID step), CPU seconds of one thread, interleaved. `tools/bench_train.py
+           --interleave` measures the same ratio on whole trainer steps.
 overheads  The per-step work of a JEST step that is not model math, at a GPU-sized per-rank super-batch
            (``--overhead-B`` candidates, ``--overhead-b`` chosen, embeddings of the preset's width):
            `take` of the chosen rows, `selection_metrics`, the selection record's `add_step`, the
@@ -52,7 +57,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-SECTIONS = ("decode", "selection", "overheads", "engine")
+SECTIONS = ("decode", "selection", "scoring", "overheads", "engine")
 
 
 # --------------------------------------------------------------------------- timing
@@ -369,6 +374,63 @@ def bench_engine(rounds: int, stages: list[int], config: str = "tiny", vocab_siz
             "step_s": med, "optimizer_s": {k: statistics.median(v[1:]) for k, v in opt_time.items()}}
 
 
+# --------------------------------------------------------------------------- scoring pass
+
+def bench_scoring(rounds: int, config: str = "tiny_jest", vocab_size: int = 5007) -> dict[str, Any]:
+    """Median CPU seconds of the JEST step's parts (`config`'s model, B and b, world size 1, fp32)
+    and the step-time ratios they give against the ledger's."""
+    import dataclasses
+
+    from jest_ds.config import load_config
+    from jest_ds.flops import step_flops, with_selection
+    from jest_ds.losses import sigmoid_loss_dense
+    from jest_ds.models import DualEncoder, encode_in_micro_batches
+    from jest_ds.selection import Embeddings, joint_sample
+    from jest_ds.train.distributed import init_distributed
+    from jest_ds.train.engine import build_engine
+
+    cfg = load_config(config)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size),
+                              train=dataclasses.replace(cfg.train, precision="fp32"),
+                              selection=dataclasses.replace(cfg.selection, flexi=False, reference=""))
+    m, b, B, s = cfg.model, cfg.train.batch_size, cfg.super_batch_size, cfg.selection
+    init_distributed(cfg.train.collective_timeout_s)
+    torch.manual_seed(0)
+    engine = build_engine(cfg, DualEncoder(m), 1)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (B, 3, m.image_size, m.image_size), generator=g, dtype=torch.uint8)
+    lengths = torch.randint(2, m.context_length + 1, (B,), generator=g)
+    tokens = torch.randint(1, vocab_size, (B, m.context_length), generator=g)
+    tokens[torch.arange(m.context_length)[None, :] >= lengths[:, None]] = 0
+    unit = lambda: torch.nn.functional.normalize(torch.randn(B, m.embed_dim, generator=g), dim=-1)  # noqa: E731
+    reference = Embeddings(unit(), unit(), torch.tensor([2.3]), torch.tensor([-5.0]))
+    with torch.no_grad():
+        e = engine.module(images, tokens)
+    learner = Embeddings(e.img.float(), e.txt.float(), e.log_scale.float(), e.bias.float())
+
+    def train():
+        x = engine(images[:b], tokens[:b])
+        engine.backward(sigmoid_loss_dense(x.img, x.txt, x.log_scale, x.bias))
+        engine.step()
+
+    def score(micro_batch):
+        def run():
+            with torch.no_grad():
+                encode_in_micro_batches(engine.module, images, tokens, micro_batch)
+        return run
+
+    def select():
+        joint_sample(learner, reference, b, n_chunks=s.n_chunks, gain=s.gain, generator=torch.Generator().manual_seed(0))
+
+    med = interleaved({"train b (IID step)": train, f"score B, micro-batches of {b}": score(b),
+                       "score B, one call": score(0), "select": select}, rounds, clock=time.process_time)
+    ledger = step_flops(cfg)["total"] / step_flops(with_selection(cfg, method="iid"))["total"]
+    t = med["train b (IID step)"]
+    return {"config": config, "B": B, "b": b, "seconds": med, "ledger_ratio": ledger,
+            "ratio": {"micro-batches": (med[f"score B, micro-batches of {b}"] + med["select"] + t) / t,
+                      "one call": (med["score B, one call"] + med["select"] + t) / t}}
+
+
 # --------------------------------------------------------------------------- per-step overheads
 
 def synthetic_step_inputs(B: int, b: int, dim: int, n_shards: int, rows_per_shard: int, seed: int = 0):
@@ -504,6 +566,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overhead-B", type=int, default=40960, help="per-rank candidates for the overheads section")
     p.add_argument("--overhead-b", type=int, default=8192, help="per-rank chosen for the overheads section")
     p.add_argument("--overhead-shards", type=int, default=64, help="shards the overheads' super-batch comes from")
+    p.add_argument("--scoring-config", default="tiny_jest", help="experiment config the scoring section measures")
     p.add_argument("--engine-config", default="tiny", help="experiment config whose model the engine section trains")
     p.add_argument("--out", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -563,6 +626,18 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(f"| {r['world']} | {r['seconds']:.3f} | {r['seconds'] / rows[0]['seconds']:.2f}x | "
                   f"{r['same_as_single_process']} |")
+
+    if "scoring" in sections:
+        sc = report["scoring"] = bench_scoring(args.rounds, args.scoring_config)
+        print(f"\n## JEST step against IID from its parts: {sc['config']} (B={sc['B']}, b={sc['b']}), CPU ms of one "
+              f"thread, median of {args.rounds} interleaved rounds")
+        print("| part | ms |")
+        print("|---|---|")
+        for k, v in sc["seconds"].items():
+            print(f"| {k} | {v * 1e3:.1f} |")
+        for k, v in sc["ratio"].items():
+            print(f"JEST / IID step, scoring in {k}: {v:.2f}x (the FLOP ledger: {sc['ledger_ratio']:.2f}x, "
+                  f"{100 * (v / sc['ledger_ratio'] - 1):+.0f}%)")
 
     if "overheads" in sections:
         o = report["overheads"] = bench_overheads(args.overhead_B, args.overhead_b, args.preset, args.overhead_shards,
