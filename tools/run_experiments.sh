@@ -4,8 +4,8 @@
 #   1. IID on the pool, JEST, Flexi-JEST (f = 0.8), IID on the curated set alone, independent selection
 #      and IID on pool + curated, SEEDS seeds each, at the benchmark's budget (`jest-ds demo --full`:
 #      2,000 iterations, evaluated every 100);
-#   2. seed 0 only: Flexi-JEST scoring at the coarse patch and training every example at the base
-#      patch (`selection.flexi_low_res_fraction=0`) at the same budget;
+#   2. seed 0 only, at the same budget: Flexi-JEST scoring at the coarse patch and training every example
+#      at the base patch (`selection.flexi_low_res_fraction=0`), and JEST at filter ratio 0.5;
 #   3. IID trained to its plateau: IID on the pool for LONG iterations (its own cosine schedule,
 #      evaluated every 200), seed 0;
 #   4. the demo's own budget (1,000 iterations), seed 0, into a directory of its own;
@@ -32,6 +32,7 @@ for ((s = 0; s < SEEDS; s++)); do  # seed by seed, so that a partial run still h
 done
 REF=(--reference "$OUT/reference/export" --reference-cache "$OUT/reference_cache")
 demo --out "$OUT" --full --methods flexi --seed 0 --tag _lr0_s0 --set selection.flexi_low_res_fraction=0 "${REF[@]}"
+demo --out "$OUT" --full --methods jest --seed 0 --tag _f0.5_s0 --filter-ratio 0.5 "${REF[@]}"
 demo --out "$OUT" --methods iid --seed 0 --tag _long_s0 --steps "$LONG" --eval-every 200 "${REF[@]}"
 demo --out "$OUT/demo_budget" --methods iid,jest,flexi,curated --seed 0 "${REF[@]}"
 BROAD_SETS=$("$PY" -c "import json, sys; print(','.join(sorted(json.load(open(sys.argv[1]))['available']['iconify_sets'])))" \
@@ -54,4 +55,4 @@ demo --out "$OUT/broad" --data-root "$OUT/broad_data" --methods iid,jest --seed 
 "$PY" tools/speedup_report.py "$OUT"/{iid,jest,flexi,curated}_s* --metric eval/icon_retrieval/val_loss_batch \
   --out "$OUT/report_diagnostic_loss"
 "$PY" tools/paper_findings.py "$OUT"/{iid,jest,flexi,flexi_lr0,curated,independent,pool_curated}_s* \
-  --out "$OUT/findings"
+  "$OUT"/jest_f0.5_s0 --out "$OUT/findings"
