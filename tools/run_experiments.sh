@@ -42,7 +42,7 @@ demo --out "$OUT/broad" --data-root "$OUT/broad_data" --methods iid,jest --seed 
 
 "$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,curated,independent}_s* --out "$OUT/report_main" \
   --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
-"$PY" tools/benchmark_report.py "$OUT"/{iid,jest,pool_curated}_s* \
+"$PY" tools/benchmark_report.py "$OUT"/{iid,jest,curated,pool_curated}_s* \
   --out "$OUT/report_baselines" --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
 "$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,flexi_lr0}_s0 \
   --out "$OUT/report_flexi_lr0" --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
