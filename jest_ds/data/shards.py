@@ -121,6 +121,16 @@ class Batch:
         return len(self.keys)
 
 
+def group_by_shard(urls: Sequence[str]) -> tuple[list[str], list[np.ndarray]]:
+    """The distinct shard urls of a batch's samples, in order of first appearance, and for each the
+    positions of its samples (in batch order): one Python pass, then numpy."""
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(u, len(index)) for u in urls), dtype=np.int64, count=len(urls))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
+    return list(index), [order[bounds[u]:bounds[u + 1]] for u in range(len(index))]
+
+
 # --------------------------------------------------------------------------- url handling
 def resolve_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
     """A directory (its ``*.tar``, sorted), a brace pattern / glob, a file, or a list of those."""

@@ -42,6 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from jest_ds.data.shards import group_by_shard
 from jest_ds.errors import DataError
 
 FORMAT = "jest-ds-reference-cache"
@@ -191,14 +192,9 @@ class ReferenceCache:
                              "(the batch must carry urls and rows, see Batch)")
         img = np.empty((n, self.dim), dtype=DTYPE)
         txt = np.empty((n, self.dim), dtype=DTYPE)
-        index: dict[str, int] = {}
-        codes = np.fromiter((index.setdefault(u, len(index)) for u in urls), dtype=np.int64, count=n)
-        order = np.argsort(codes, kind="stable")  # the batch grouped by shard
-        bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
         all_rows = np.asarray(rows, dtype=np.int64)
         all_keys = np.asarray(keys, dtype=str)
-        for u, url in enumerate(index):
-            where = order[bounds[u]:bounds[u + 1]]
+        for url, where in zip(*group_by_shard(urls)):
             try:
                 shard = self.shard(url)
             except FileNotFoundError as exc:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from jest_ds.atomic import atomic_write
+from jest_ds.data.shards import group_by_shard
 from jest_ds.selection import Embeddings, diagonal_scores
 from jest_ds.errors import DataError
 
@@ -107,12 +108,7 @@ class SelectionRecord:
                              "(every candidate needs its shard url and row)")
         rows_arr = np.asarray(rows, dtype=np.int64)
         scores = np.full(len(rows), np.nan, np.float32) if learnability is None else learnability.astype(np.float32)
-        index: dict[str, int] = {}
-        codes = np.fromiter((index.setdefault(u, len(index)) for u in urls), dtype=np.int64, count=len(urls))
-        order = np.argsort(codes, kind="stable")  # candidates grouped by shard, in batch order within each
-        bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
-        for u, url in enumerate(index):
-            mine = order[bounds[u]:bounds[u + 1]]
+        for url, mine in zip(*group_by_shard(urls)):
             r = rows_arr[mine]
             rec = grown(self.shards.get(url, empty_record(0)), int(r.max()) + 1)
             np.add.at(rec["offered"], r, 1)
