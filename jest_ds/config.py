@@ -155,6 +155,10 @@ class ExperimentConfig:
         """(candidates per rank, selected per rank) for a data-parallel world."""
         return self.super_batch_size // world_size, self.train.batch_size // world_size
 
+    def score_micro_batch(self, world_size: int) -> int:
+        """Candidates per scoring forward pass: `selection.score_micro_batch`, or the per-rank training batch."""
+        return self.selection.score_micro_batch or self.per_rank(world_size)[1]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -41,7 +41,7 @@ class ReferenceScorer:
         self.cache = None
         self.device = device
         self.tokenizer = None  # None: the batch's tokens are the reference's too
-        self.micro_batch = s.score_micro_batch or cfg.per_rank(world_size)[1]  # rows per forward call
+        self.micro_batch = cfg.score_micro_batch(world_size)  # rows per forward call
         if s.method == "iid" or s.score == "hard_learner":
             return
         # cached: only the hash and config are used, so the weights stay on the CPU and are dropped

@@ -161,7 +161,7 @@ class Trainer:
             dist.barrier()
 
         self.B_local, self.b_local = cfg.per_rank(self.world)
-        self.score_micro_batch = cfg.selection.score_micro_batch or self.b_local
+        self.score_micro_batch = cfg.score_micro_batch(self.world)
         if self.world > 1 and cfg.selection.method != "iid" and not cfg.selection.quota_per_rank:
             raise ConfigError("config error: selection.quota_per_rank = false needs a world size of 1: "
                              "each rank trains on its own candidates (images are not moved between ranks)")
