@@ -18,12 +18,24 @@ def world_info() -> tuple[int, int, int]:
     return rank, local_rank, world
 
 
+_GROUP_PID: int | None = None  # the process in which init_distributed created the default group
+
+
 def init_distributed(timeout_s: float) -> tuple[int, int]:
     """Initialise the default process group (gloo on CPU, nccl on GPU) with a collective timeout.
 
     A rank that dies makes the others fail within `timeout_s` instead of hanging."""
+    global _GROUP_PID
     rank, local_rank, world = world_info()
     if dist.is_initialized():
+        if _GROUP_PID is not None and _GROUP_PID != os.getpid():
+            # A process forked after this module initialised the group holds a copy of its sockets and
+            # threads, not a group of its own: its collectives (and, after multi-threaded torch work in
+            # the parent, its OpenMP pool) hang instead of failing.
+            raise RuntimeError(f"torch.distributed was initialised in process {_GROUP_PID}, and this process "
+                               f"({os.getpid()}) was forked from it: a forked process cannot use or re-create that "
+                               "group; start training processes with the 'spawn' or 'forkserver' "
+                               "multiprocessing context, or fork them before the parent trains")
         return dist.get_rank(), dist.get_world_size()
     # A plain `python` run is a world of one; the launchers set these for every rank.
     own_port = "MASTER_PORT" not in os.environ
@@ -47,6 +59,7 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
                                verbose=False, rank=rank, world_size=world, auto_mpi_discovery=False)
     if backend == "gloo":
         _unlink_shm_buffers()
+    _GROUP_PID = os.getpid()
     if own_port and world == 1:
         # This process's group keeps listening on that port: a `jest-ds` child process (the demo's
         # stages, a notebook calling the CLI) must not inherit it, or its own init fails (EADDRINUSE).

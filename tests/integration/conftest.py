@@ -35,18 +35,11 @@ def itest_env(tmp_path_factory):
     t0 = time.monotonic()
     H.run_workers(ref_cfg, world=1, export=True, timeout=120)
     cache = base / "pool_reference_cache"
-    H.in_child(_build_cache, str(base / "reference" / "export"), str(root / "pool"), str(cache),
+    H.in_child(H.build_cache, str(base / "reference" / "export"), str(root / "pool"), str(cache),
                str(root / "tokenizer.json"))
     print(f"[itest] reference + cache: {time.monotonic() - t0:.1f} s")
     yield root, base / "reference" / "export", cache
     torch.set_num_threads(threads)
-
-
-def _build_cache(ref, shards, out, tok):
-    from jest_ds.reference.build import build_cache
-    from jest_ds.data.tokenizer import CaptionTokenizer
-
-    return build_cache(ref, Path(shards), Path(out), CaptionTokenizer.from_file(tok), progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,12 @@
 """Helpers for the multi-process integration tests.
 
-Most multi-rank runs are *forked in-process workers*: the pytest process imports torch, DeepSpeed
-and jest_ds once (and loads DeepSpeed's shm-comm extension once), then forks one child per rank
-with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set. That skips ~15 s of imports per launch on a
-2-core machine. The parent never runs a torch op with more than one thread (fork after an OpenMP
-pool is unsafe): everything numeric runs in a forked child too (`in_child`).
+Most multi-rank runs are *in-process workers*: one child process per rank, with
+RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set, started from a multiprocessing fork server that has
+imported torch, DeepSpeed and jest_ds once (`preload`). That skips ~15 s of imports per launch on a
+2-core machine. The children fork from the server, never from the pytest process: a test that ran
+before them may have left that process with a torch.distributed group or a multi-threaded OpenMP
+pool, and a child forked from it would hang (the trainer now refuses an inherited group).
+Everything numeric the tests check runs in such a child too (`in_child`).
 
 Only two tests go through the real launchers (`deepspeed`, `torchrun`) as subprocesses.
 """
@@ -24,7 +26,8 @@ from typing import Any, Callable
 from jest_ds.train.distributed import free_port  # noqa: F401  (used by the tests as H.free_port)
 
 REPO = Path(__file__).resolve().parents[2]
-CTX = mp.get_context("fork")
+CTX = mp.get_context("forkserver")
+PRELOAD = ["torch", "deepspeed", "jest_ds.train.trainer", "itest_harness"]
 LOG_ENV = "JEST_DS_LOG_SELECTED"  # the trainer's SELECTED_KEYS_ENV: log selected keys per step
 
 
@@ -70,14 +73,20 @@ def read_losses(out_dir: Path) -> dict[int, float]:
 
 # ----------------------------------------------------------------- forked workers
 def preload() -> None:
-    """Import everything the workers need, once, in the parent."""
+    """Start the fork server the workers come from, with everything they need imported once."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
+    CTX.set_forkserver_preload(PRELOAD)
+    from multiprocessing import forkserver
 
-    torch.set_num_threads(1)
-    import deepspeed  # noqa: F401
+    forkserver.ensure_running()
 
-    import jest_ds.train.trainer  # noqa: F401
+
+def build_cache(ref: str, shards: str, out: str, tok: str):
+    """The reference-embedding cache of `shards` (run it with `in_child`)."""
+    from jest_ds.data.tokenizer import CaptionTokenizer
+    from jest_ds.reference.build import build_cache as build
+
+    return build(ref, Path(shards), Path(out), CaptionTokenizer.from_file(tok), progress=False)
 
 
 def _worker(rank: int, world: int, port: int, cfg: dict, resume: str, env: dict[str, str],
@@ -124,7 +133,7 @@ def kill_workers(procs: list[mp.Process]) -> None:
 
 def run_workers(cfg: dict, world: int = 2, resume: str = "", env: dict[str, str] | None = None,
                 timeout: float = 120, export: bool = False) -> float:
-    """Train with `world` forked ranks; asserts every rank exited 0; returns the wall time."""
+    """Train with `world` worker ranks; asserts every rank exited 0; returns the wall time."""
     t0 = time.monotonic()
     codes = wait_workers(start_workers(cfg, world, resume, env, export=export), timeout)
     assert codes == [0] * world, f"worker exit codes {codes} (None = still running after {timeout} s, killed)"
@@ -145,7 +154,7 @@ def _child(conn, fn, args, kwargs):
 
 
 def in_child(fn: Callable, *args, timeout: float = 120, **kwargs) -> Any:
-    """Run fn(*args, **kwargs) in a forked child (keeps the parent free of torch compute)."""
+    """Run fn(*args, **kwargs) (a module-level function) in a child of the fork server."""
     parent, child = CTX.Pipe(duplex=False)
     p = CTX.Process(target=_child, args=(child, fn, args, kwargs), daemon=True)
     p.start()
