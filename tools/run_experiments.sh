@@ -4,11 +4,11 @@
 #   1. IID on the pool, JEST, Flexi-JEST (f = 0.8), IID on the curated set alone, independent selection
 #      and IID on pool + curated, SEEDS seeds each, at the benchmark's budget (`jest-ds demo --full`:
 #      2,000 iterations, evaluated every 100);
-#   2. seed 0 only, at the same budget: JEST at filter ratio 0.5; JEST scored by easy reference and by hard
-#      learner (the paper's scoring variants); JEST steered by a second reference kept at its lowest
-#      validation loss (reference quality, the paper's JEST vs JEST++); IID and JEST on half the pool (the
-#      pool-size lever); and, SEEDS seeds, Flexi-JEST scoring at the coarse patch and training every example
-#      at the base patch (`selection.flexi_low_res_fraction=0`);
+#   2. at the same budget: JEST at filter ratio 0.5 (seed 0); the paper's scoring variants, JEST scored by
+#      easy reference (SEEDS seeds) and by hard learner (seed 0); JEST steered by a second reference kept at
+#      its lowest validation loss (reference quality, the paper's JEST vs JEST++; seed 0); IID and JEST on
+#      half the pool (the pool-size lever; seed 0); and, SEEDS seeds, Flexi-JEST scoring at the coarse patch
+#      and training every example at the base patch (`selection.flexi_low_res_fraction=0`);
 #   3. IID trained to its plateau: IID on the pool for LONG iterations (its own cosine schedule,
 #      evaluated every 200), SEEDS seeds;
 #   4. the demo's own budget (1,000 iterations), seed 0, into a directory of its own;
@@ -36,8 +36,10 @@ done
 REF=(--reference "$OUT/reference/export" --reference-cache "$OUT/reference_cache")
 demo --out "$OUT" --full --methods flexi --seed 0 --tag _lr0_s0 --set selection.flexi_low_res_fraction=0 "${REF[@]}"
 demo --out "$OUT" --full --methods jest --seed 0 --tag _f0.5_s0 --filter-ratio 0.5 "${REF[@]}"
-# the scoring variants (the paper's learnability against easy reference and hard learner), seed 0
-demo --out "$OUT" --full --methods jest --seed 0 --tag _easyref_s0 --set selection.score=easy_reference "${REF[@]}"
+# the scoring variants (the paper's learnability against easy reference, SEEDS seeds, and hard learner, seed 0)
+for ((s = 0; s < SEEDS; s++)); do
+  demo --out "$OUT" --full --methods jest --seed "$s" --tag "_easyref_s$s" --set selection.score=easy_reference "${REF[@]}"
+done
 demo --out "$OUT" --full --methods jest --seed 0 --tag _hardlearner_s0 --set selection.score=hard_learner "${REF[@]}"
 # reference quality (JEST vs JEST++): a second reference, the same curated set, model and schedule, kept at its
 # lowest validation loss instead of its best validation R@5; its pool cache; JEST seed 0 steered by it
@@ -78,4 +80,4 @@ demo --out "$OUT/broad" --data-root "$OUT/broad_data" --methods iid,jest --seed 
 "$PY" tools/speedup_report.py "$OUT"/{iid,jest,flexi,curated}_s* --metric eval/icon_retrieval/val_loss_batch \
   --out "$OUT/report_diagnostic_loss"
 "$PY" tools/paper_findings.py "$OUT"/{iid,jest,flexi,flexi_lr0,curated,independent,pool_curated}_s* \
-  "$OUT"/jest_{f0.5,easyref,hardlearner,refvalloss}_s0 --out "$OUT/findings"
+  "$OUT"/jest_easyref_s* "$OUT"/jest_{f0.5,hardlearner,refvalloss}_s0 --out "$OUT/findings"
