@@ -127,7 +127,7 @@ def test_joint_vs_independent_table_and_plot(tmp_path):
 
 def test_scoring_variants_with_selection_shares(tmp_path):
     runs = [_run(tmp_path, "iid", 0, [(0, 2.0), (400, 1.0)]),
-            _run(tmp_path, "learn", 0, [(0, 2.0), (100, 1.0)], **_jest(),
+            _run(tmp_path, "learn", 0, [(0, 2.0), (100, 1.0)], flops_per_step=2.0, **_jest(),
                  shares={"sel/noisy_share_chosen": [0.1, 0.3], "sel/noisy_share_all": [0.25, 0.25],
                          "sel/target_share_chosen": [0.5, 0.7], "sel/target_share_all": [0.2, 0.2]}),
             _run(tmp_path, "easy", 0, [(0, 2.0), (400, 1.0)], **_jest(score="easy_reference"),
@@ -135,11 +135,12 @@ def test_scoring_variants_with_selection_shares(tmp_path):
             _run(tmp_path, "hard", 0, [(0, 2.0), (800, 1.1)], **_jest(score="hard_learner"),
                  shares={"sel/noisy_share_chosen": [0.6, 0.6], "sel/noisy_share_all": [0.25, 0.25]})]
     text = write_findings(runs, tmp_path / "out", METRIC)
-    # f | score | seeds | final | iteration speedup | noisy chosen | noisy offered | on-target chosen | offered
-    assert _row(text, ["0.8", "learnability"]) == ["0.8", "learnability", "1 seed", "1.0000", "4.00×",
+    # f | score | seeds | final | iteration speedup | FLOP speedup | noisy chosen | noisy offered | on-target
+    # chosen | offered; learnability costs 2 IID iterations per iteration here: 4x fewer iterations, 2x fewer FLOPs
+    assert _row(text, ["0.8", "learnability"]) == ["0.8", "learnability", "1 seed", "1.0000", "4.00×", "2.00×",
                                                    "0.200", "0.250", "0.600", "0.200"]
-    assert _row(text, ["0.8", "easy_reference"])[4:] == ["1.00×", "0.050", "0.250", "–", "–"]
-    assert _row(text, ["0.8", "hard_learner"])[4:] == ["not reached", "0.600", "0.250", "–", "–"]
+    assert _row(text, ["0.8", "easy_reference"])[4:] == ["1.00×", "1.00×", "0.050", "0.250", "–", "–"]
+    assert _row(text, ["0.8", "hard_learner"])[4:] == ["not reached", "not reached", "0.600", "0.250", "–", "–"]
     assert "![selection over training](selection_over_training.png)" in text
     assert (tmp_path / "out" / "selection_over_training.png").stat().st_size > 1000
 

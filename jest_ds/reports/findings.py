@@ -342,14 +342,17 @@ def scoring_variants(fd: Findings) -> str | None:
     groups.sort(key=lambda g: (g.setting.filter_ratio, METHODS.index(g.setting.score), g.setting.reference or ""))
     with_ref = _reference_varies([g for g in groups if g.setting.reference is not None])
     header = ["f", "score", *(["reference"] if with_ref else []), "seeds", f"final {fd.metric}", "iteration speedup",
-              "noisy share chosen", "noisy share offered", "on-target share chosen", "on-target share offered"]
+              "FLOP speedup", "noisy share chosen", "noisy share offered", "on-target share chosen",
+              "on-target share offered"]
     rows = [[f"{g.setting.filter_ratio:g}", g.setting.score,
              *([reference_name(g.setting.reference)] if with_ref else []), seeds_cell(g),
-             stat_cell(g.stats["final_score"], ".4f"), speedup_cell(g, "iter_speedup"),
+             stat_cell(g.stats["final_score"], ".4f"), speedup_cell(g, "iter_speedup"), speedup_cell(g, "flop_speedup"),
              *(share_cell(g, k) for k in ("sel/noisy_share_chosen", "sel/noisy_share_all",
                                           "sel/target_share_chosen", "sel/target_share_all"))] for g in groups]
     return ("## Scoring variants (JEST)\n\nShares: planted caption noise and on-target examples among the "
-            "chosen examples and among all candidates offered, mean over the logged steps, then over seeds.\n\n"
+            "chosen examples and among all candidates offered, mean over the logged steps, then over seeds. FLOP "
+            "speedup: total FLOPs, scoring included; scores from a cached reference cost no forward pass, so "
+            "easy_reference with a cache costs an IID iteration plus the sampler.\n\n"
             + table(header, rows))
 
 
