@@ -63,13 +63,13 @@ BROAD_SETS=$("$PY" -c "import json, sys; print(','.join(sorted(json.load(open(sy
 [ -f "$OUT/broad_data/manifest.json" ] || "$PY" -m jest_ds.cli data build --root "$OUT/broad_data" --target-sets "$BROAD_SETS"
 demo --out "$OUT/broad" --data-root "$OUT/broad_data" --methods iid,jest --seed 0
 
-"$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,curated,independent}_s* --out "$OUT/report_main" \
+"$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,curated,independent,jest_easyref}_s* --out "$OUT/report_main" \
   --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
 "$PY" tools/benchmark_report.py "$OUT"/{iid,jest,curated,pool_curated}_s* \
   --out "$OUT/report_baselines" --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
 "$PY" tools/benchmark_report.py "$OUT"/{iid,jest,flexi,flexi_lr0}_s* \
   --out "$OUT/report_flexi_lr0" --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
-"$PY" tools/benchmark_report.py "$OUT"/{iid_long,jest,flexi,curated}_s* --out "$OUT/report_long" \
+"$PY" tools/benchmark_report.py "$OUT"/{iid_long,jest,flexi,curated,jest_easyref}_s* --out "$OUT/report_long" \
   --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
 "$PY" tools/benchmark_report.py "$OUT"/{iid,jest}_halfpool_s0 --out "$OUT/report_halfpool" \
   --reference "$OUT/reference" --reference-cache "$OUT/reference_cache"
