@@ -22,9 +22,6 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def itest_env(tmp_path_factory):
     """(dataset root, reference export dir, cache path); ~10 s."""
-    import torch
-
-    threads = torch.get_num_threads()
     H.preload()
     from synthetic_data import make_dataset, tiny_config
 
@@ -38,8 +35,7 @@ def itest_env(tmp_path_factory):
     H.in_child(H.build_cache, str(base / "reference" / "export"), str(root / "pool"), str(cache),
                str(root / "tokenizer.json"))
     print(f"[itest] reference + cache: {time.monotonic() - t0:.1f} s")
-    yield root, base / "reference" / "export", cache
-    torch.set_num_threads(threads)
+    return root, base / "reference" / "export", cache
 
 
 @pytest.fixture(scope="session")

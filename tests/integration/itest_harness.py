@@ -71,7 +71,7 @@ def read_losses(out_dir: Path) -> dict[int, float]:
     return out
 
 
-# ----------------------------------------------------------------- forked workers
+# ----------------------------------------------------------------- worker processes
 def preload() -> None:
     """Start the fork server the workers come from, with everything they need imported once."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
