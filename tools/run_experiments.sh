@@ -4,7 +4,7 @@
 #   1. IID on the pool, JEST, Flexi-JEST (f = 0.8), IID on the curated set alone, independent selection
 #      and IID on pool + curated, SEEDS seeds each, at the benchmark's budget (`jest-ds demo --full`:
 #      2,000 iterations, evaluated every 100);
-#   2. at the same budget: JEST at filter ratio 0.5 (seed 0); the paper's scoring variants, JEST scored by
+#   2. at the same budget: JEST and independent selection at filter ratio 0.5 (seed 0); the paper's scoring variants, JEST scored by
 #      easy reference (SEEDS seeds) and by hard learner (seed 0); JEST steered by a second reference kept at
 #      its lowest validation loss (reference quality, the paper's JEST vs JEST++; seed 0); IID and JEST on
 #      half the pool (the pool-size lever; seed 0); and, SEEDS seeds, Flexi-JEST scoring at the coarse patch
@@ -35,7 +35,7 @@ for ((s = 0; s < SEEDS; s++)); do  # seed by seed, so that a partial run still h
 done
 REF=(--reference "$OUT/reference/export" --reference-cache "$OUT/reference_cache")
 demo --out "$OUT" --full --methods flexi --seed 0 --tag _lr0_s0 --set selection.flexi_low_res_fraction=0 "${REF[@]}"
-demo --out "$OUT" --full --methods jest --seed 0 --tag _f0.5_s0 --filter-ratio 0.5 "${REF[@]}"
+demo --out "$OUT" --full --methods jest,independent --seed 0 --tag _f0.5_s0 --filter-ratio 0.5 "${REF[@]}"
 # the scoring variants (the paper's learnability against easy reference, SEEDS seeds, and hard learner, seed 0)
 for ((s = 0; s < SEEDS; s++)); do
   demo --out "$OUT" --full --methods jest --seed "$s" --tag "_easyref_s$s" --set selection.score=easy_reference "${REF[@]}"
@@ -80,4 +80,4 @@ demo --out "$OUT/broad" --data-root "$OUT/broad_data" --methods iid,jest --seed 
 "$PY" tools/speedup_report.py "$OUT"/{iid,jest,flexi,curated}_s* --metric eval/icon_retrieval/val_loss_batch \
   --out "$OUT/report_diagnostic_loss"
 "$PY" tools/paper_findings.py "$OUT"/{iid,jest,flexi,flexi_lr0,curated,independent,pool_curated}_s* \
-  "$OUT"/jest_easyref_s* "$OUT"/jest_{f0.5,hardlearner,refvalloss}_s0 --out "$OUT/findings"
+  "$OUT"/jest_easyref_s* "$OUT"/jest_{f0.5,hardlearner,refvalloss}_s0 "$OUT"/independent_f0.5_s0 --out "$OUT/findings"
